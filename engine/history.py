@@ -1,0 +1,63 @@
+"""The instance history: append-only events, numbered per instance, written with the change they describe.
+
+Events are collected while a command runs and bulk-inserted once at the end of it, in the same
+transaction as the instance update that moves `Instance.last_seq` forward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import insert, select
+from sqlalchemy.orm import Session
+
+from engine.models import HistoryEvent, Instance
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who issued a command and from where; every channel (api, wecom, oa, timer) passes one."""
+
+    user_id: str | None
+    channel: str = "api"
+    client_ip: str | None = None
+    user_agent: str | None = None
+
+
+SYSTEM = Actor(user_id=None, channel="engine")
+
+
+class HistoryRecorder:
+    def __init__(self, instance: Instance, actor: Actor):
+        self.instance = instance
+        self.actor = actor
+        self.events: list[dict[str, Any]] = []
+
+    def record(self, type_: str, payload: dict[str, Any] | None = None, *, task_id: str | None = None,
+               node_id: str | None = None, by_actor: bool = True) -> None:
+        actor = self.actor if by_actor else SYSTEM
+        self.events.append({
+            "type": type_, "payload": payload or {}, "task_id": task_id, "node_id": node_id,
+            "actor_id": actor.user_id, "channel": actor.channel, "client_ip": actor.client_ip,
+            "user_agent": (actor.user_agent or "")[:255] or None,
+        })
+
+    def flush(self, session: Session) -> None:
+        if not self.events:
+            return
+        now = datetime.now(UTC)
+        seq = self.instance.last_seq
+        rows = []
+        for event in self.events:
+            seq += 1
+            rows.append({**event, "instance_id": self.instance.id, "seq": seq, "at": now})
+        session.execute(insert(HistoryEvent), rows)
+        self.instance.last_seq = seq
+        self.events.clear()
+
+
+def instance_history(session: Session, instance_id: str) -> list[HistoryEvent]:
+    return list(session.scalars(select(HistoryEvent).where(HistoryEvent.instance_id == instance_id)
+                                .order_by(HistoryEvent.seq)))

@@ -1,0 +1,1 @@
+"""The organisation: departments, users, roles and groups, and who may act on a task."""

@@ -1,0 +1,79 @@
+"""Loading and reading the org: the demo company ships as JSON, a real one arrives through sync later."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from engine.models import Budget, Department, Group, GroupMember, Role, User, UserRole
+
+ROLES = {
+    "employee": "员工", "manager": "主管", "director": "部门负责人", "cfo": "财务总监", "gm": "总经理",
+    "finance": "会计", "cashier": "出纳", "legal": "法务", "auditor": "审计", "designer": "流程设计",
+    "admin": "管理员",
+}
+DEMO_ORG = Path(__file__).resolve().parent.parent / "demo" / "org.json"
+
+
+def ensure_roles(session: Session) -> None:
+    existing = set(session.scalars(select(Role.id)))
+    session.add_all(Role(id=k, name=v) for k, v in ROLES.items() if k not in existing)
+    session.flush()
+
+
+def load_org(session: Session, org: dict[str, Any]) -> dict[str, int]:
+    """Insert or update departments, users, roles, groups and budgets from an org document."""
+    ensure_roles(session)
+    for d in _parents_first(org["departments"]):
+        session.merge(Department(id=d["id"], name=d["name"], parent_id=d.get("parent"), head_id=d.get("head")))
+    session.flush()
+    for u in org["users"]:
+        unknown = set(u["roles"]) - set(ROLES)
+        if unknown:
+            raise ValueError(f"user {u['id']}: unknown roles {sorted(unknown)}")
+        user = session.merge(User(id=u["id"], name=u["name"], department_id=u["department"],
+                                  manager_id=u.get("manager"), title=u.get("title"), mobile=u.get("mobile"),
+                                  email=u.get("email"), active=u.get("active", True)))
+        session.flush()
+        session.execute(delete(UserRole).where(UserRole.user_id == user.id))
+        session.add_all(UserRole(user_id=user.id, role_id=r) for r in u["roles"])
+    for g in org.get("groups", []):
+        session.merge(Group(id=g["id"], name=g["name"]))
+        session.flush()
+        session.execute(delete(GroupMember).where(GroupMember.group_id == g["id"]))
+        session.add_all(GroupMember(group_id=g["id"], user_id=m) for m in g["members"])
+    for b in org.get("budgets", []):
+        session.merge(Budget(line=b["line"], name=b["name"], department_id=b["department"], year=b["year"],
+                             amount=Decimal(str(b["amount"])), used=Decimal(str(b["used"])),
+                             expense_account=b["expense_account"],
+                             expense_account_name=b["expense_account_name"]))
+    session.flush()
+    return {"departments": len(org["departments"]), "users": len(org["users"]),
+            "groups": len(org.get("groups", [])), "budgets": len(org.get("budgets", []))}
+
+
+def load_demo_org(session: Session) -> dict[str, int]:
+    return load_org(session, json.loads(DEMO_ORG.read_text(encoding="utf-8")))
+
+
+def _parents_first(departments: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    by_id = {d["id"]: d for d in departments}
+    ordered: list[dict[str, Any]] = []
+    seen: set[str] = set()
+
+    def visit(d):
+        if d["id"] in seen:
+            return
+        seen.add(d["id"])
+        if d.get("parent") in by_id:
+            visit(by_id[d["parent"]])
+        ordered.append(d)
+
+    for d in departments:
+        visit(d)
+    return ordered

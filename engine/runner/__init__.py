@@ -1,0 +1,1 @@
+"""The SpiffWorkflow runner: parsing, the restricted script engine, state (de)serialization, stepping."""

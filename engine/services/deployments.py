@@ -1,0 +1,105 @@
+"""Deploying process files as versions; the same content deploys to the same version."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, load_only
+
+from engine.errors import Forbidden, NotFound
+from engine.history import Actor
+from engine.models import ProcessDefinition, ProcessVersion, User
+from engine.runner.execution import utcnow
+from engine.runner.model import ProcessModel, model_for_version, parse_bundle
+
+DESIGNER_ROLES = {"designer", "admin"}
+
+
+@dataclass
+class Deployed:
+    version: ProcessVersion
+    created: bool
+
+
+def deploy(session: Session, files: dict[str, str], actor: Actor) -> list[Deployed]:
+    """Validate the files and store one version per executable process they define."""
+    if actor.user_id is not None:
+        user = session.get(User, actor.user_id)
+        if user is None or not (user.role_ids & DESIGNER_ROLES):
+            raise Forbidden("只有流程设计人员或管理员可以部署流程", {"required_roles": sorted(DESIGNER_ROLES)})
+    bundle = parse_bundle(files)
+    results = []
+    for model in bundle.models:
+        needed = bundle.files_by_model[model.key]
+        digest = content_hash(needed)
+        existing = session.scalar(select(ProcessVersion).where(ProcessVersion.process_key == model.key,
+                                                               ProcessVersion.content_hash == digest))
+        if existing is not None:
+            results.append(Deployed(existing, created=False))
+            continue
+        definition = session.get(ProcessDefinition, model.key, with_for_update=True)
+        if definition is None:
+            definition = ProcessDefinition(key=model.key, name=model.name, latest_version=0, created_at=utcnow())
+            session.add(definition)
+        definition.latest_version += 1
+        definition.name = model.name
+        bpmn_file = next(n for n in needed if n.endswith(".bpmn"))
+        version = ProcessVersion(process_key=model.key, version=definition.latest_version, name=model.name,
+                                 content_hash=digest, bpmn_file=bpmn_file, files=needed,
+                                 deployed_by=actor.user_id, deployed_at=utcnow())
+        session.add(version)
+        session.flush()
+        results.append(Deployed(version, created=True))
+    return results
+
+
+def deploy_directory(session: Session, directory: Path, actor: Actor) -> list[Deployed]:
+    files = {}
+    for path in sorted(directory.rglob("*")):
+        if path.suffix in (".bpmn", ".dmn", ".json") and path.is_file():
+            files[path.relative_to(directory).as_posix()] = path.read_text(encoding="utf-8")
+    return deploy(session, files, actor)
+
+
+def content_hash(files: dict[str, str]) -> str:
+    canonical = json.dumps(sorted(files.items()), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def get_definition(session: Session, key: str) -> ProcessDefinition:
+    definition = session.get(ProcessDefinition, key)
+    if definition is None:
+        raise NotFound(f"流程 '{key}' 不存在", {"process_key": key})
+    return definition
+
+
+def list_definitions(session: Session) -> list[ProcessDefinition]:
+    return list(session.scalars(select(ProcessDefinition).order_by(ProcessDefinition.key)))
+
+
+def list_versions(session: Session, key: str) -> list[ProcessVersion]:
+    return list(session.scalars(select(ProcessVersion).options(load_only(
+        ProcessVersion.id, ProcessVersion.process_key, ProcessVersion.version, ProcessVersion.name,
+        ProcessVersion.content_hash, ProcessVersion.bpmn_file, ProcessVersion.deployed_by,
+        ProcessVersion.deployed_at)).where(ProcessVersion.process_key == key).order_by(ProcessVersion.version)))
+
+
+def get_version(session: Session, key: str, version: int | None = None) -> ProcessVersion:
+    """A version of a process, the latest when `version` is None."""
+    definition = get_definition(session, key)
+    number = definition.latest_version if version is None else version
+    found = session.scalar(select(ProcessVersion).where(ProcessVersion.process_key == key,
+                                                        ProcessVersion.version == number))
+    if found is None:
+        raise NotFound(f"流程 '{key}' 没有版本 {number}", {"process_key": key, "version": number})
+    return found
+
+
+def model_for(session: Session, version_id: int) -> ProcessModel:
+    digest = session.scalar(select(ProcessVersion.content_hash).where(ProcessVersion.id == version_id))
+    return model_for_version(version_id, digest, lambda: session.scalar(
+        select(ProcessVersion.files).where(ProcessVersion.id == version_id)))

@@ -1,0 +1,107 @@
+"""Every read that lists or opens instances and tasks goes through here, behind one data-scope rule.
+
+Scope today: finance, auditors, executives and admins see every instance; everyone else sees the
+instances they started or hold (or held) a task on. Later security work tightens this in one place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Select, exists, func, select
+from sqlalchemy.orm import Session
+
+from engine.errors import Forbidden, NotFound
+from engine.models import HistoryEvent, Instance, Task, TaskCandidate, User
+
+WIDE_SCOPE_ROLES = {"admin", "auditor", "finance", "cfo", "gm", "cashier"}
+
+
+@dataclass
+class Page:
+    items: list[Any]
+    total: int
+    page: int
+    per_page: int
+
+
+def _sees_all(viewer: User) -> bool:
+    return bool(viewer.role_ids & WIDE_SCOPE_ROLES)
+
+
+def scope_instances(stmt: Select, viewer: User) -> Select:
+    if _sees_all(viewer):
+        return stmt
+    involved = exists().where(Task.instance_id == Instance.id, TaskCandidate.task_id == Task.id,
+                              TaskCandidate.user_id == viewer.id)
+    return stmt.where((Instance.starter_id == viewer.id) | involved)
+
+
+def get_instance(session: Session, viewer: User, instance_id: str) -> Instance:
+    instance = session.get(Instance, instance_id)
+    if instance is None:
+        raise NotFound(f"流程实例 {instance_id} 不存在", {"instance_id": instance_id})
+    visible = session.scalar(scope_instances(select(Instance.id).where(Instance.id == instance_id), viewer))
+    if visible is None:
+        raise Forbidden("您无权查看该流程实例", {"instance_id": instance_id})
+    return instance
+
+
+def search_instances(session: Session, viewer: User, *, process_key: str | None = None,
+                     status: str | None = None, business_key: str | None = None, starter: str | None = None,
+                     started_from: datetime | None = None, started_to: datetime | None = None,
+                     page: int = 1, per_page: int = 20) -> Page:
+    stmt = select(Instance)
+    for column, value in ((Instance.process_key, process_key), (Instance.status, status),
+                          (Instance.business_key, business_key), (Instance.starter_id, starter)):
+        if value is not None:
+            stmt = stmt.where(column == value)
+    if started_from is not None:
+        stmt = stmt.where(Instance.started_at >= started_from)
+    if started_to is not None:
+        stmt = stmt.where(Instance.started_at < started_to)
+    stmt = scope_instances(stmt, viewer)
+    return _paginate(session, stmt.order_by(Instance.started_at.desc(), Instance.id), page, per_page)
+
+
+def list_tasks(session: Session, viewer: User, *, mine: bool = False, instance_id: str | None = None,
+               status: str | None = None, page: int = 1, per_page: int = 20) -> Page:
+    stmt = select(Task)
+    if mine:
+        stmt = stmt.join(TaskCandidate, TaskCandidate.task_id == Task.id).where(TaskCandidate.user_id == viewer.id)
+    if instance_id is not None:
+        stmt = stmt.where(Task.instance_id == instance_id)
+    if status is not None:
+        stmt = stmt.where(Task.status == status)
+    if not mine and not _sees_all(viewer):
+        stmt = stmt.join(Instance, Instance.id == Task.instance_id)
+        stmt = scope_instances(stmt, viewer)
+    return _paginate(session, stmt.order_by(Task.created_at, Task.id), page, per_page)
+
+
+def get_task(session: Session, viewer: User, task_id: str) -> Task:
+    task = session.get(Task, task_id)
+    if task is None:
+        raise NotFound(f"任务 {task_id} 不存在", {"task_id": task_id})
+    if viewer.id not in task.candidates:
+        get_instance(session, viewer, task.instance_id)  # raises unless the viewer may see the instance
+    return task
+
+
+def current_tasks(session: Session, instance_id: str) -> list[Task]:
+    return list(session.scalars(select(Task).where(Task.instance_id == instance_id, Task.status == "ready")
+                                .order_by(Task.created_at)))
+
+
+def history(session: Session, viewer: User, instance_id: str) -> list[HistoryEvent]:
+    get_instance(session, viewer, instance_id)
+    return list(session.scalars(select(HistoryEvent).where(HistoryEvent.instance_id == instance_id)
+                                .order_by(HistoryEvent.seq)))
+
+
+def _paginate(session: Session, stmt: Select, page: int, per_page: int) -> Page:
+    total = session.scalar(select(func.count()).select_from(stmt.order_by(None).subquery()))
+    items = list(session.scalars(stmt.limit(per_page).offset((page - 1) * per_page)))
+    return Page(items, total or 0, page, per_page)
