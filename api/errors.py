@@ -1,0 +1,56 @@
+"""Every error leaves the API as `{"error": {"code", "message", "details"}}` with a fitting status."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, jsonify
+from sqlalchemy.orm.exc import StaleDataError
+from werkzeug.exceptions import HTTPException
+
+from engine.errors import FinflowError
+
+log = logging.getLogger("finflow.api")
+
+_HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+               405: "method_not_allowed", 409: "conflict", 413: "payload_too_large",
+               415: "unsupported_media_type", 422: "invalid_input", 429: "too_many_requests"}
+
+
+def error_response(status: int, code: str, message: str, details: dict | None = None):
+    response = jsonify({"error": {"code": code, "message": message, "details": details or {}}})
+    response.status_code = status
+    return response
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(FinflowError)
+    def _finflow(exc: FinflowError):
+        return error_response(exc.status, exc.code, exc.message, exc.details)
+
+    @app.errorhandler(StaleDataError)
+    def _stale(exc):
+        return error_response(409, "concurrent_update", "流程实例已被其他操作修改，请刷新后重试")
+
+    @app.errorhandler(HTTPException)
+    def _http(exc: HTTPException):
+        status = exc.code or 500
+        data = getattr(exc, "data", None) or {}
+        messages = data.get("messages")
+        if messages:  # webargs validation: {"json": {"field": ["msg"]}} -> fields
+            fields = {}
+            for location in messages.values():
+                fields.update(location if isinstance(location, dict) else {"": location})
+            if status == 400 or "_schema" in fields and any("Invalid input type" in m for m in fields["_schema"]):
+                return error_response(400, "invalid_json", "Request body must be a JSON object", {"fields": fields})
+            summary = "; ".join(f"{k}: {v[0] if isinstance(v, list) else v}" for k, v in fields.items())
+            return error_response(422, "invalid_input", f"Invalid request: {summary}", {"fields": fields})
+        message = exc.description or exc.name
+        if status == 400 and "json" in (message or "").lower():
+            return error_response(400, "invalid_json", "Request body is not valid JSON", {})
+        return error_response(status, _HTTP_CODES.get(status, "http_error"), message)
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception):
+        log.exception("unhandled error")
+        return error_response(500, "internal_error", "服务器内部错误，请联系管理员")

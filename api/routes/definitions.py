@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+from flask import Response, request
+from flask_smorest import Blueprint
+
+from api.context import authenticated, command
+from api.schemas import ApiErrorSchema, DefinitionDetailSchema, DefinitionSchema, DeployResultSchema
+from engine.errors import DeploymentInvalid, InvalidInput
+from engine.services import deployments
+
+blp = Blueprint("definitions", __name__, description="Deploy and read BPMN/DMN process definitions")
+
+MAX_FILE_BYTES = 2 * 1024 * 1024
+MAX_FILES = 50
+
+
+@blp.route("/definitions", methods=["POST"])
+@blp.doc(requestBody={"content": {"multipart/form-data": {"schema": {
+    "type": "object", "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"}}}}}}})
+@blp.response(201, DeployResultSchema)
+@blp.alt_response(422, schema=ApiErrorSchema, description="Validation failed; details name file, element and reason")
+@command(status=201)
+def deploy(session, user, actor):
+    """Deploy BPMN, DMN and form files (multipart field `files`); same content is the same version."""
+    results = deployments.deploy(session, _uploaded_files(), actor)
+    return DeployResultSchema().dump({"deployed": [
+        {"process_key": r.version.process_key, "version": r.version.version, "version_id": r.version.id,
+         "created": r.created} for r in results]})
+
+
+def _uploaded_files() -> dict[str, str]:
+    uploads = request.files.getlist("files")
+    if not uploads:
+        raise InvalidInput("Upload the process files as multipart/form-data field 'files'",
+                           {"fields": {"files": ["at least one file is required"]}})
+    if len(uploads) > MAX_FILES:
+        raise InvalidInput(f"At most {MAX_FILES} files per deployment", {"fields": {"files": ["too many files"]}})
+    files = {}
+    for upload in uploads:
+        name = (upload.filename or "").replace("\\", "/").rsplit("/", 1)[-1]
+        raw = upload.read(MAX_FILE_BYTES + 1)
+        if len(raw) > MAX_FILE_BYTES:
+            raise DeploymentInvalid(f"{name} is larger than {MAX_FILE_BYTES // 1024} KiB", {"file": name})
+        try:
+            files[name] = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise DeploymentInvalid(f"{name} is not UTF-8 text", {"file": name}) from None
+    return files
+
+
+@blp.route("/definitions")
+@blp.response(200, DefinitionSchema(many=True))
+@authenticated
+def list_definitions(session, user):
+    """Every deployed process with its latest version number."""
+    return deployments.list_definitions(session)
+
+
+@blp.route("/definitions/<string:key>")
+@blp.response(200, DefinitionDetailSchema)
+@authenticated
+def get_definition(key, session, user):
+    """One process with all its versions."""
+    definition = deployments.get_definition(session, key)
+    return {**DefinitionSchema().dump(definition), "versions": deployments.list_versions(session, key)}
+
+
+@blp.route("/definitions/<string:key>/versions/<int:version>/bpmn")
+@blp.response(200, content_type="application/xml", description="The BPMN XML of that version")
+@authenticated
+def download_bpmn(key, version, session, user):
+    """The BPMN file of a version, as deployed (for the diagram viewer and the modeler)."""
+    found = deployments.get_version(session, key, version)
+    return Response(found.files[found.bpmn_file], mimetype="application/xml",
+                    headers={"Content-Disposition": f'attachment; filename="{found.bpmn_file}"'})

@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+from flask_smorest import Blueprint
+
+from api.context import authenticated, command
+from api.schemas import (
+    HistorySchema,
+    InstanceDetailSchema,
+    InstancePageSchema,
+    InstanceSearchArgsSchema,
+    ReasonSchema,
+    StartInstanceSchema,
+)
+from engine.services import instances, queries
+
+blp = Blueprint("instances", __name__, description="Start, search, withdraw and cancel process instances")
+
+
+def instance_detail(session, instance) -> dict:
+    return InstanceDetailSchema().dump({**InstanceDetailSchema().dump(instance),
+                                        "current_tasks": queries.current_tasks(session, instance.id)})
+
+
+@blp.route("/instances", methods=["POST"])
+@blp.arguments(StartInstanceSchema)
+@blp.response(201, InstanceDetailSchema)
+@command(status=201)
+def start(body, session, user, actor):
+    """Start an instance of the latest version of a process with the applicant's form data."""
+    instance = instances.start_instance(session, actor, body["process_key"], body["data"],
+                                        body.get("business_key"))
+    return instance_detail(session, instance)
+
+
+@blp.route("/instances")
+@blp.arguments(InstanceSearchArgsSchema, location="query")
+@blp.response(200, InstancePageSchema)
+@authenticated
+def search(args, session, user):
+    """Search instances by process, status, business key, starter and start date, paginated."""
+    page = queries.search_instances(session, user, **args)
+    return {"items": page.items, "meta": {"total": page.total, "page": page.page, "per_page": page.per_page}}
+
+
+@blp.route("/instances/<string:instance_id>")
+@blp.response(200, InstanceDetailSchema)
+@authenticated
+def get(instance_id, session, user):
+    """Status, data and current tasks of an instance."""
+    return instance_detail(session, queries.get_instance(session, user, instance_id))
+
+
+@blp.route("/instances/<string:instance_id>/withdraw", methods=["POST"])
+@blp.arguments(ReasonSchema)
+@blp.response(200, InstanceDetailSchema)
+@command()
+def withdraw(body, instance_id, session, user, actor):
+    """The applicant withdraws a running instance (撤回); its open tasks are cancelled."""
+    return instance_detail(session, instances.withdraw_instance(session, actor, instance_id, body["reason"]))
+
+
+@blp.route("/instances/<string:instance_id>/cancel", methods=["POST"])
+@blp.arguments(ReasonSchema)
+@blp.response(200, InstanceDetailSchema)
+@command()
+def cancel(body, instance_id, session, user, actor):
+    """An administrator cancels (作废) a running or failed instance."""
+    return instance_detail(session, instances.cancel_instance(session, actor, instance_id, body["reason"]))
+
+
+@blp.route("/instances/<string:instance_id>/history")
+@blp.response(200, HistorySchema)
+@authenticated
+def history(instance_id, session, user):
+    """The instance's append-only history, in order."""
+    return {"instance_id": instance_id, "events": queries.history(session, user, instance_id)}

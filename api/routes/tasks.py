@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+from flask_smorest import Blueprint
+
+from api.context import authenticated, command
+from api.routes.instances import instance_detail
+from api.schemas import (
+    CompletedSchema,
+    CompleteTaskSchema,
+    TaskDetailSchema,
+    TaskListArgsSchema,
+    TaskPageSchema,
+)
+from engine.models import Instance
+from engine.services import deployments, queries, tasks
+
+blp = Blueprint("tasks", __name__, description="List, read and complete human tasks")
+
+
+@blp.route("/tasks")
+@blp.arguments(TaskListArgsSchema, location="query")
+@blp.response(200, TaskPageSchema)
+@authenticated
+def list_tasks(args, session, user):
+    """Tasks: `mine=true` for the caller's to-do list, or by instance and status."""
+    page = queries.list_tasks(session, user, **args)
+    return {"items": page.items, "meta": {"total": page.total, "page": page.page, "per_page": page.per_page}}
+
+
+@blp.route("/tasks/<string:task_id>")
+@blp.response(200, TaskDetailSchema)
+@authenticated
+def get(task_id, session, user):
+    """A task with its form schema and the instance it belongs to."""
+    task = queries.get_task(session, user, task_id)
+    instance = session.get(Instance, task.instance_id)
+    model = deployments.model_for(session, instance.version_id)
+    return {**TaskDetailSchema().dump(task), "form": model.form(task.form_key),
+            "instance": instance_detail(session, instance)}
+
+
+@blp.route("/tasks/<string:task_id>/complete", methods=["POST"])
+@blp.arguments(CompleteTaskSchema)
+@blp.response(200, CompletedSchema)
+@command()
+def complete(body, task_id, session, user, actor):
+    """Approve, reject or submit a task with a comment and the form's fields."""
+    task, instance = tasks.complete_task(session, actor, task_id, body["action"], body["comment"],
+                                         body["form_data"])
+    return CompletedSchema().dump({"task": task, "instance": instance_detail(session, instance)})

@@ -1,0 +1,188 @@
+"""Request and response schemas (marshmallow); they also generate the OpenAPI document."""
+
+from __future__ import annotations
+
+from marshmallow import Schema, fields, validate
+
+PROCESS_KEY = validate.Regexp(r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$", error="must be a process key like 'payment'")
+
+
+class StrictSchema(Schema):
+    """Unknown fields are an error, so a misspelt field is reported instead of silently ignored."""
+
+
+class ApiErrorBodySchema(Schema):
+    code = fields.String(required=True)
+    message = fields.String(required=True)
+    details = fields.Dict()
+
+
+class ApiErrorSchema(Schema):
+    error = fields.Nested(ApiErrorBodySchema, required=True)
+
+
+class PageArgsSchema(StrictSchema):
+    page = fields.Integer(load_default=1, validate=validate.Range(min=1))
+    per_page = fields.Integer(load_default=20, validate=validate.Range(min=1, max=200))
+
+
+class PageMetaSchema(Schema):
+    total = fields.Integer()
+    page = fields.Integer()
+    per_page = fields.Integer()
+
+
+# -- definitions ------------------------------------------------------------------------------------
+
+class VersionSchema(Schema):
+    id = fields.Integer()
+    process_key = fields.String()
+    version = fields.Integer()
+    name = fields.String()
+    content_hash = fields.String()
+    bpmn_file = fields.String()
+    deployed_by = fields.String(allow_none=True)
+    deployed_at = fields.DateTime()
+
+
+class DefinitionSchema(Schema):
+    key = fields.String()
+    name = fields.String()
+    latest_version = fields.Integer()
+    created_at = fields.DateTime()
+
+
+class DefinitionDetailSchema(DefinitionSchema):
+    versions = fields.List(fields.Nested(VersionSchema))
+
+
+class DeployedSchema(Schema):
+    process_key = fields.String()
+    version = fields.Integer()
+    version_id = fields.Integer()
+    created = fields.Boolean(metadata={"description": "false when identical content was already deployed"})
+
+
+class DeployResultSchema(Schema):
+    deployed = fields.List(fields.Nested(DeployedSchema))
+
+
+# -- instances and tasks ----------------------------------------------------------------------------
+
+class TaskSchema(Schema):
+    id = fields.String()
+    instance_id = fields.String()
+    process_key = fields.String()
+    node_id = fields.String()
+    name = fields.String()
+    status = fields.String()
+    assignment = fields.String()
+    candidates = fields.List(fields.String())
+    form_key = fields.String()
+    actions = fields.List(fields.String())
+    assignee_id = fields.String(allow_none=True)
+    action = fields.String(allow_none=True)
+    comment = fields.String(allow_none=True)
+    created_at = fields.DateTime()
+    due_at = fields.DateTime(allow_none=True)
+    completed_at = fields.DateTime(allow_none=True)
+
+
+class InstanceSchema(Schema):
+    id = fields.String()
+    process_key = fields.String()
+    version_id = fields.Integer()
+    business_key = fields.String(allow_none=True)
+    starter_id = fields.String()
+    status = fields.String(metadata={"description": "running | completed | withdrawn | cancelled | failed"})
+    outcome = fields.String(allow_none=True, metadata={"description": "approved | rejected when completed"})
+    title = fields.String(allow_none=True)
+    amount = fields.Decimal(allow_none=True, as_string=True)
+    error = fields.Dict(allow_none=True)
+    started_at = fields.DateTime()
+    updated_at = fields.DateTime()
+    ended_at = fields.DateTime(allow_none=True)
+
+
+class InstanceDetailSchema(InstanceSchema):
+    data = fields.Dict()
+    current_tasks = fields.List(fields.Nested(TaskSchema))
+
+
+class InstancePageSchema(Schema):
+    items = fields.List(fields.Nested(InstanceSchema))
+    meta = fields.Nested(PageMetaSchema)
+
+
+class StartInstanceSchema(StrictSchema):
+    process_key = fields.String(required=True, validate=PROCESS_KEY)
+    business_key = fields.String(validate=validate.Length(min=1, max=128))
+    data = fields.Dict(required=True, metadata={"description": "the start form's fields"})
+
+
+class InstanceSearchArgsSchema(PageArgsSchema):
+    process_key = fields.String(validate=PROCESS_KEY)
+    status = fields.String(validate=validate.OneOf(["running", "completed", "withdrawn", "cancelled", "failed"]))
+    business_key = fields.String()
+    starter = fields.String()
+    started_from = fields.DateTime()
+    started_to = fields.DateTime()
+
+
+class ReasonSchema(StrictSchema):
+    reason = fields.String(validate=validate.Length(max=2000), load_default=None, allow_none=True)
+
+
+class TaskListArgsSchema(PageArgsSchema):
+    mine = fields.Boolean(load_default=False)
+    instance_id = fields.String()
+    status = fields.String(validate=validate.OneOf(["ready", "completed", "cancelled"]))
+
+
+class TaskPageSchema(Schema):
+    items = fields.List(fields.Nested(TaskSchema))
+    meta = fields.Nested(PageMetaSchema)
+
+
+class TaskDetailSchema(TaskSchema):
+    form = fields.Dict(metadata={"description": "JSON Schema of the fields the approver sees and may fill"})
+    instance = fields.Nested(InstanceDetailSchema)
+
+
+class CompleteTaskSchema(StrictSchema):
+    action = fields.String(required=True, validate=validate.OneOf(["approve", "reject", "submit"]))
+    comment = fields.String(validate=validate.Length(max=2000), load_default=None, allow_none=True)
+    form_data = fields.Dict(load_default=dict)
+
+
+class CompletedSchema(Schema):
+    task = fields.Nested(TaskSchema)
+    instance = fields.Nested(InstanceDetailSchema)
+
+
+class HistoryEventSchema(Schema):
+    seq = fields.Integer()
+    type = fields.String()
+    at = fields.DateTime()
+    actor_id = fields.String(allow_none=True)
+    channel = fields.String(allow_none=True)
+    client_ip = fields.String(allow_none=True)
+    user_agent = fields.String(allow_none=True)
+    task_id = fields.String(allow_none=True)
+    node_id = fields.String(allow_none=True)
+    payload = fields.Dict()
+
+
+class HistorySchema(Schema):
+    instance_id = fields.String()
+    events = fields.List(fields.Nested(HistoryEventSchema))
+
+
+class UserSchema(Schema):
+    id = fields.String()
+    name = fields.String()
+    department_id = fields.String()
+    manager_id = fields.String(allow_none=True)
+    title = fields.String(allow_none=True)
+    roles = fields.Function(lambda u: sorted(u.role_ids))
+    active = fields.Boolean()
