@@ -238,6 +238,8 @@ def _dmn_trace(task) -> dict[str, Any]:
     """Which rule matched, on which input values, with which outputs: re-evaluated for the record."""
     table = task.task_spec.dmnEngine.decision_table
     rules = task.task_spec.dmnEngine.decide(task)
+    if table.hit_policy != "COLLECT":
+        rules = rules[:1]  # SpiffWorkflow lists every match for FIRST; only the first one decided
     engine = task.workflow.script_engine
     inputs = {}
     for item in table.inputs:

@@ -186,7 +186,8 @@ def _check_code(process, filename: str) -> None:
         if cond is not None and (cond.text or "").strip():
             _compile_or_fail(compile_expression, cond.text, filename, flow.get("id"))
     scripts = [*process.iterfind(".//bpmn:scriptTask/bpmn:script", NS),
-               *process.iterfind(".//spiffworkflow:preScript", NS), *process.iterfind(".//spiffworkflow:postScript", NS)]
+               *process.iterfind(".//spiffworkflow:preScript", NS),
+               *process.iterfind(".//spiffworkflow:postScript", NS)]
     for script in scripts:
         owner = next((e for e in script.iterancestors() if e.get("id")), None)
         _compile_or_fail(compile_script, script.text or "", filename, owner.get("id") if owner is not None else "?")
