@@ -7,6 +7,7 @@ from functools import wraps
 from typing import Any
 
 from flask import jsonify, request
+from marshmallow import Schema
 from sqlalchemy.exc import IntegrityError
 
 from engine.db import transaction
@@ -42,10 +43,11 @@ def authenticated(view: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def command(status: int = 200) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def command(schema: type[Schema], status: int = 200) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Mutating views: one transaction holding the command and its Idempotency-Key record.
 
-    The view returns a JSON-able body. A retry with the same key and body gets the stored response
+    The view's result is serialized with `schema` inside the transaction, so the remembered response is
+    exactly the one sent. A retry with the same key and body gets the stored response
     back without running the command again; the same key with a different body is refused.
     """
 
@@ -76,7 +78,7 @@ def command(status: int = 200) -> Callable[[Callable[..., Any]], Callable[..., A
                     response.status_code = previous.status_code
                     response.headers["Idempotent-Replay"] = "true"
                     return response
-            body = view(*args, session=session, user=user, actor=request_actor(user), **kwargs)
+            body = schema().dump(view(*args, session=session, user=user, actor=request_actor(user), **kwargs))
             if key is not None:
                 idempotency.remember(session, user.id, key, fingerprint, status, body)
         response = jsonify(body)

@@ -19,13 +19,13 @@ MAX_FILES = 50
     "type": "object", "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"}}}}}}})
 @blp.response(201, DeployResultSchema)
 @blp.alt_response(422, schema=ApiErrorSchema, description="Validation failed; details name file, element and reason")
-@command(status=201)
+@command(DeployResultSchema, status=201)
 def deploy(session, user, actor):
     """Deploy BPMN, DMN and form files (multipart field `files`); same content is the same version."""
     results = deployments.deploy(session, _uploaded_files(), actor)
-    return DeployResultSchema().dump({"deployed": [
+    return {"deployed": [
         {"process_key": r.version.process_key, "version": r.version.version, "version_id": r.version.id,
-         "created": r.created} for r in results]})
+         "created": r.created} for r in results]}
 
 
 def _uploaded_files() -> dict[str, str]:
@@ -62,7 +62,8 @@ def list_definitions(session, user):
 def get_definition(key, session, user):
     """One process with all its versions."""
     definition = deployments.get_definition(session, key)
-    return {**DefinitionSchema().dump(definition), "versions": deployments.list_versions(session, key)}
+    view = {name: getattr(definition, name) for name in DefinitionSchema().fields}
+    return {**view, "versions": deployments.list_versions(session, key)}
 
 
 @blp.route("/definitions/<string:key>/versions/<int:version>/bpmn")

@@ -7,6 +7,7 @@ from api.schemas import (
     HistorySchema,
     InstanceDetailSchema,
     InstancePageSchema,
+    InstanceSchema,
     InstanceSearchArgsSchema,
     ReasonSchema,
     StartInstanceSchema,
@@ -17,14 +18,15 @@ blp = Blueprint("instances", __name__, description="Start, search, withdraw and 
 
 
 def instance_detail(session, instance) -> dict:
-    return InstanceDetailSchema().dump({**InstanceDetailSchema().dump(instance),
-                                        "current_tasks": queries.current_tasks(session, instance.id)})
+    """The instance with its open tasks, for InstanceDetailSchema."""
+    view = {name: getattr(instance, name) for name in InstanceSchema().fields}
+    return {**view, "data": instance.data, "current_tasks": queries.current_tasks(session, instance.id)}
 
 
 @blp.route("/instances", methods=["POST"])
 @blp.arguments(StartInstanceSchema)
 @blp.response(201, InstanceDetailSchema)
-@command(status=201)
+@command(InstanceDetailSchema, status=201)
 def start(body, session, user, actor):
     """Start an instance of the latest version of a process with the applicant's form data."""
     instance = instances.start_instance(session, actor, body["process_key"], body["data"],
@@ -53,7 +55,7 @@ def get(instance_id, session, user):
 @blp.route("/instances/<string:instance_id>/withdraw", methods=["POST"])
 @blp.arguments(ReasonSchema)
 @blp.response(200, InstanceDetailSchema)
-@command()
+@command(InstanceDetailSchema)
 def withdraw(body, instance_id, session, user, actor):
     """The applicant withdraws a running instance (撤回); its open tasks are cancelled."""
     return instance_detail(session, instances.withdraw_instance(session, actor, instance_id, body["reason"]))
@@ -62,7 +64,7 @@ def withdraw(body, instance_id, session, user, actor):
 @blp.route("/instances/<string:instance_id>/cancel", methods=["POST"])
 @blp.arguments(ReasonSchema)
 @blp.response(200, InstanceDetailSchema)
-@command()
+@command(InstanceDetailSchema)
 def cancel(body, instance_id, session, user, actor):
     """An administrator cancels (作废) a running or failed instance."""
     return instance_detail(session, instances.cancel_instance(session, actor, instance_id, body["reason"]))

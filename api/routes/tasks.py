@@ -10,6 +10,7 @@ from api.schemas import (
     TaskDetailSchema,
     TaskListArgsSchema,
     TaskPageSchema,
+    TaskSchema,
 )
 from engine.models import Instance
 from engine.services import deployments, queries, tasks
@@ -35,16 +36,16 @@ def get(task_id, session, user):
     task = queries.get_task(session, user, task_id)
     instance = session.get(Instance, task.instance_id)
     model = deployments.model_for(session, instance.version_id)
-    return {**TaskDetailSchema().dump(task), "form": model.form(task.form_key),
-            "instance": instance_detail(session, instance)}
+    view = {name: getattr(task, name) for name in TaskSchema().fields}
+    return {**view, "form": model.form(task.form_key), "instance": instance_detail(session, instance)}
 
 
 @blp.route("/tasks/<string:task_id>/complete", methods=["POST"])
 @blp.arguments(CompleteTaskSchema)
 @blp.response(200, CompletedSchema)
-@command()
+@command(CompletedSchema)
 def complete(body, task_id, session, user, actor):
     """Approve, reject or submit a task with a comment and the form's fields."""
     task, instance = tasks.complete_task(session, actor, task_id, body["action"], body["comment"],
                                          body["form_data"])
-    return CompletedSchema().dump({"task": task, "instance": instance_detail(session, instance)})
+    return {"task": task, "instance": instance_detail(session, instance)}
