@@ -146,6 +146,9 @@ def _node_infos(process) -> dict[str, NodeInfo]:
             continue
         props = {p.get("name"): p.get("value", "") for p in
                  element.iterfind("bpmn:extensionElements/spiffworkflow:properties/spiffworkflow:property", NS)}
+        called = element.find("bpmn:extensionElements/spiffworkflow:calledDecisionId", NS)
+        if called is not None:
+            props["calledDecisionId"] = (called.text or "").strip()
         infos[element.get("id")] = NodeInfo(element.get("id"), element.get("name") or element.get("id"),
                                             etree.QName(element).localname, props)
     return infos
@@ -232,7 +235,11 @@ def _load_form(filename: str, text: str) -> dict[str, Any]:
 
 def _files_needed(model: ProcessModel, bpmn_name: str, files: dict[str, str], dmn: dict) -> dict[str, str]:
     needed = {bpmn_name: files[bpmn_name]}
-    needed.update({name: files[name] for name in dmn})  # DMN files are small; keep the set complete
+    decisions = {n.properties.get("calledDecisionId") for n in model.nodes.values() if n.kind == "businessRuleTask"}
+    for name, root in dmn.items():
+        ids = {d.get("id") for d in root.iter() if isinstance(d.tag, str) and etree.QName(d).localname == "decision"}
+        if ids & decisions:
+            needed[name] = files[name]
     for key in _form_keys(model):
         name = next(n for n in files if n.endswith(".json") and _form_key(n) == key)
         needed[name] = files[name]

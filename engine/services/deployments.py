@@ -10,7 +10,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session, load_only
 
-from engine.errors import Forbidden, NotFound
+from engine.errors import DeploymentInvalid, Forbidden, NotFound
 from engine.history import Actor
 from engine.models import ProcessDefinition, ProcessVersion, User
 from engine.runner.execution import utcnow
@@ -31,7 +31,7 @@ def deploy(session: Session, files: dict[str, str], actor: Actor) -> list[Deploy
         user = session.get(User, actor.user_id)
         if user is None or not (user.role_ids & DESIGNER_ROLES):
             raise Forbidden("只有流程设计人员或管理员可以部署流程", {"required_roles": sorted(DESIGNER_ROLES)})
-    bundle = parse_bundle(files)
+    bundle = parse_bundle(_by_basename(files))
     results = []
     for model in bundle.models:
         needed = bundle.files_by_model[model.key]
@@ -55,6 +55,17 @@ def deploy(session: Session, files: dict[str, str], actor: Actor) -> list[Deploy
         session.flush()
         results.append(Deployed(version, created=True))
     return results
+
+
+def _by_basename(files: dict[str, str]) -> dict[str, str]:
+    """Files are identified by name alone, so a CLI deploy of a folder and an upload hash the same."""
+    named: dict[str, str] = {}
+    for path, text in files.items():
+        name = path.replace("\\", "/").rsplit("/", 1)[-1]
+        if name in named:
+            raise DeploymentInvalid(f"two files are named {name}", {"file": name})
+        named[name] = text
+    return named
 
 
 def deploy_directory(session: Session, directory: Path, actor: Actor) -> list[Deployed]:

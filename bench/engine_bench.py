@@ -1,0 +1,554 @@
+"""finflow engine benchmark: bare SpiffWorkflow vs the service layer vs the HTTP API.
+
+One benchmark instance is the reimbursement process with a small amount (1,200, category 办公):
+start + manager_approval + finance_review + cashier_payment, i.e. 1 start and 3 approvals (4 commands).
+
+    python bench/engine_bench.py [--db sqlite|postgres|both] [--instances N] [--seconds S] [--profile]
+
+Every timed phase runs until N instances have completed or S seconds have passed, whichever comes first
+(N = 0: no instance cap; S = 0: no time cap). Figures are printed, never asserted. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import gc
+import importlib.metadata
+import io
+import math
+import os
+import platform
+import pstats
+import re
+import shutil
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from SpiffWorkflow.bpmn.script_engine import PythonScriptEngine  # noqa: E402
+from SpiffWorkflow.bpmn.serializer import BpmnWorkflowSerializer  # noqa: E402
+from SpiffWorkflow.bpmn.workflow import BpmnWorkflow  # noqa: E402
+from SpiffWorkflow.spiff.parser.process import SpiffBpmnParser  # noqa: E402
+from SpiffWorkflow.spiff.serializer.config import SPIFF_CONFIG  # noqa: E402
+from SpiffWorkflow.util.task import TaskState  # noqa: E402
+from sqlalchemy import event, select, text  # noqa: E402
+
+import engine.db  # noqa: E402
+import engine.migrate  # noqa: E402
+from engine import models  # noqa: E402
+from engine.demo.driver import Scenario, drive  # noqa: E402
+from engine.history import Actor  # noqa: E402
+from engine.org.directory import load_demo_org  # noqa: E402
+from engine.runner.execution import SCRIPT_ENGINE  # noqa: E402
+from engine.runner.model import parse_bundle  # noqa: E402
+from engine.runner.state import dump_state, load_state  # noqa: E402
+from engine.services.auth import issue_token  # noqa: E402
+from engine.services.deployments import deploy  # noqa: E402
+
+PROCESSES = ROOT / "processes"
+PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+PROCESS_KEY = "reimbursement"
+STARTER = "suxiaoyun"
+START_DATA: dict[str, Any] = {
+    "category": "办公", "amount": 1200, "reason": "采购办公用品",
+    "invoices": [{"number": "044031900111", "amount": 1200, "date": "2026-11-02"}],
+}
+EXPECTED_PATH = ["manager_approval", "finance_review", "cashier_payment"]
+# Who the service layer ends up acting as (first candidate of each task), so the bare engine's task data
+# has the same shape and size as the platform's.
+BARE_ACTORS = {"manager_approval": "guoxin", "finance_review": "gaoyan", "cashier_payment": "linna"}
+COMMENT = "同意"  # engine.demo.driver's comment for "approve"
+SCENARIO = Scenario("benchmark: reimbursement 1,200", PROCESS_KEY, STARTER, START_DATA)
+WARMUP_INSTANCES = 3
+
+
+# -- timing helpers ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Budget:
+    instances: int  # 0 = no cap
+    seconds: float  # 0 = no cap
+
+    def scaled(self, factor: float) -> Budget:
+        return Budget(max(1, int(self.instances * factor)) if self.instances else 0, self.seconds * factor)
+
+
+@dataclass
+class Throughput:
+    label: str
+    db: str
+    instances: int
+    seconds: float
+    samples: dict[str, list[float]] = field(default_factory=dict)  # call type -> latencies (s)
+    note: str = ""
+
+    @property
+    def per_second(self) -> float:
+        return self.instances / self.seconds if self.seconds else 0.0
+
+
+def budget_spent(budget: Budget, done: int, elapsed: float) -> bool:
+    return bool((budget.instances and done >= budget.instances) or (budget.seconds and elapsed >= budget.seconds))
+
+
+def run_timed(label: str, db: str, one: Callable[[], None], budget: Budget,
+              after_warmup: Callable[[], None] | None = None) -> Throughput:
+    """Warm up, then run `one` (one complete instance) until the budget is spent."""
+    for _ in range(WARMUP_INSTANCES):
+        one()
+    if after_warmup is not None:
+        after_warmup()
+    gc.collect()
+    done, start = 0, time.perf_counter()
+    while True:
+        one()
+        done += 1
+        elapsed = time.perf_counter() - start
+        if budget_spent(budget, done, elapsed):
+            return Throughput(label, db, done, elapsed)
+
+
+def percentile(values: list[float], pct: float) -> float:
+    """Nearest-rank percentile."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(pct / 100 * len(ordered)) - 1)]
+
+
+# -- 1. bare engine ---------------------------------------------------------------------------------
+
+
+class BareEngine:
+    """SpiffWorkflow alone: the same BPMN/DMN, the same task data, a serialize/restore after every step."""
+
+    def __init__(self) -> None:
+        parser = SpiffBpmnParser()
+        parser.add_dmn_file(str(PROCESSES / "reimbursement_routing.dmn"))
+        parser.add_bpmn_file(str(PROCESSES / "reimbursement.bpmn"))
+        self.spec = parser.get_spec(PROCESS_KEY)
+        self.subprocess_specs = parser.get_subprocess_specs(PROCESS_KEY)
+        self.serializer = BpmnWorkflowSerializer(BpmnWorkflowSerializer.configure(SPIFF_CONFIG))
+        self.state_bytes = 0
+        # engine.runner.state's spec-less format needs the engine's ProcessModel for the same files
+        files = {p.name: p.read_text(encoding="utf-8") for p in sorted(PROCESSES.rglob("*"))
+                 if p.is_file() and p.suffix in (".bpmn", ".dmn", ".json")}
+        self.model = next(m for m in parse_bundle(files).models if m.key == PROCESS_KEY)
+
+    def _stock_roundtrip(self, workflow: BpmnWorkflow, script_engine) -> BpmnWorkflow:
+        serialized = self.serializer.serialize_json(workflow)
+        self.state_bytes = len(serialized.encode("utf-8"))
+        restored = self.serializer.deserialize_json(serialized)
+        restored.script_engine = script_engine  # deserialize_json attaches a fresh default engine
+        return restored
+
+    def _finflow_roundtrip(self, workflow: BpmnWorkflow, script_engine) -> BpmnWorkflow:
+        serialized = dump_state(workflow)
+        self.state_bytes = len(serialized.encode("utf-8"))
+        return load_state(serialized, self.model, script_engine)
+
+    def instance_runner(self, script_engine, persist: str) -> Callable[[], None]:
+        """persist: 'stock' (BpmnWorkflowSerializer), 'finflow' (engine.runner.state) or 'none'."""
+        roundtrip = {"stock": self._stock_roundtrip, "finflow": self._finflow_roundtrip,
+                     "none": lambda wf, _engine: wf}[persist]
+        spec, subprocess_specs = (self.model.spec, self.model.subprocess_specs) if persist == "finflow" else (
+            self.spec, self.subprocess_specs)
+
+        def one() -> None:
+            workflow = BpmnWorkflow(spec, subprocess_specs, script_engine=script_engine)
+            for task in workflow.get_tasks(state=TaskState.READY):
+                task.data.update(START_DATA)
+            workflow.do_engine_steps()
+            workflow = roundtrip(workflow, script_engine)
+            path = []
+            while True:
+                task = workflow.get_next_task(state=TaskState.READY, manual=True)
+                if task is None:
+                    break
+                node = task.task_spec.bpmn_id
+                path.append(node)
+                task.data.update({})  # form_data: the approval form is empty in this scenario
+                task.data.update({"decision": "approve", f"{node}_decision": "approve",
+                                  f"{node}_by": BARE_ACTORS.get(node, "bench"), f"{node}_comment": COMMENT})
+                task.run()
+                workflow.do_engine_steps()
+                workflow = roundtrip(workflow, script_engine)
+            if not workflow.is_completed() or path != EXPECTED_PATH:
+                raise RuntimeError(f"bare engine took an unexpected path: {path}")
+
+        return one
+
+
+# -- database set-up --------------------------------------------------------------------------------
+
+
+def fresh_database(db: str, workdir: Path, name: str) -> str:
+    """A fresh schema with the demo org and the shipped processes; returns its URL."""
+    if db == "sqlite":
+        url = f"sqlite:///{workdir / (name + '.db')}"
+    else:
+        url = PG_URL
+        pg = engine.db.get_engine(url)
+        engine.db.Base.metadata.drop_all(pg)
+        with pg.begin() as connection:
+            connection.execute(text("DROP TABLE IF EXISTS alembic_version"))
+    engine.migrate.upgrade(url)
+    files = {p.name: p.read_text(encoding="utf-8") for p in sorted(PROCESSES.rglob("*"))
+             if p.is_file() and p.suffix in (".bpmn", ".dmn", ".json")}  # as `finflow deploy` collects them
+    with engine.db.transaction(url) as session:
+        load_demo_org(session)
+    with engine.db.transaction(url) as session:
+        deploy(session, files, Actor(user_id=None, channel="cli"))
+    return url
+
+
+def use_default_url(url: str) -> None:
+    """The API's transactions use the default URL (DATABASE_URL); point it at `url`.
+
+    engine.db caches the engine per URL argument, including the `None` (default) key, so the cache is
+    cleared when the benchmark switches databases.
+    """
+    for cached in (engine.db._session_factory, engine.db.get_engine):
+        cached.cache_clear()
+    os.environ["DATABASE_URL"] = url
+
+
+def dispose_all(urls: list[str]) -> None:
+    for url in urls:
+        engine.db.get_engine(url).dispose()
+    engine.db.get_engine(None).dispose()
+    for cached in (engine.db._session_factory, engine.db.get_engine):
+        cached.cache_clear()
+
+
+# -- 2. service layer -------------------------------------------------------------------------------
+
+
+def service_runner(url: str) -> Callable[[], None]:
+    def one() -> None:
+        result = drive(SCENARIO, url)
+        if result.status != "completed" or result.path != EXPECTED_PATH:
+            raise RuntimeError(f"service layer: unexpected result {result}")
+
+    return one
+
+
+# -- 3. HTTP API ------------------------------------------------------------------------------------
+
+
+class HttpFlow:
+    def __init__(self, url: str) -> None:
+        from api import create_app
+
+        use_default_url(url)
+        with engine.db.transaction(url) as session:
+            users = list(session.scalars(select(models.User.id).where(models.User.active.is_(True))))
+            self.tokens = {u: issue_token(session, u, "bench") for u in users}
+        self.client = create_app().test_client()
+        self.samples: dict[str, list[float]] = {"start": [], "complete": []}
+
+    def _post(self, kind: str, path: str, user: str, body: dict[str, Any], expect: int) -> dict[str, Any]:
+        headers = {"Authorization": f"Bearer {self.tokens[user]}"}
+        start = time.perf_counter()
+        response = self.client.post(path, json=body, headers=headers)
+        self.samples[kind].append(time.perf_counter() - start)
+        if response.status_code != expect:
+            raise RuntimeError(f"POST {path}: {response.status_code} {response.get_data(as_text=True)[:500]}")
+        return response.get_json()
+
+    def one(self) -> None:
+        instance = self._post("start", "/api/v1/instances", STARTER,
+                              {"process_key": PROCESS_KEY, "data": START_DATA}, 201)
+        path = []
+        while instance["current_tasks"]:
+            task = instance["current_tasks"][0]
+            path.append(task["node_id"])
+            body = {"action": "approve", "comment": COMMENT, "form_data": {}}
+            instance = self._post("complete", f"/api/v1/tasks/{task['id']}/complete", task["candidates"][0],
+                                  body, 200)["instance"]
+        if instance["status"] != "completed" or path != EXPECTED_PATH:
+            raise RuntimeError(f"HTTP: unexpected end {instance['status']} after {path}")
+
+    def reset_samples(self) -> None:
+        for values in self.samples.values():
+            values.clear()
+
+
+# -- 5. SQL statement and commit counting -----------------------------------------------------------
+
+_TABLE = re.compile(r"\b(?:FROM|INTO|UPDATE)\s+\"?(\w+)", re.IGNORECASE)
+
+
+@dataclass
+class SqlCount:
+    instances: int = 0
+    statements: int = 0
+    commits: int = 0
+    rollbacks: int = 0
+    by_kind: Counter = field(default_factory=Counter)  # "SELECT users", "INSERT history_events", ...
+
+    def per_instance(self, value: int) -> float:
+        return value / self.instances if self.instances else 0.0
+
+
+class SqlCounter:
+    """Counts cursor executions (an executemany is one) and commits on the given engines."""
+
+    def __init__(self, engines) -> None:
+        self.engines = list(dict.fromkeys(engines))
+        self.count = SqlCount()
+
+    def _before(self, conn, cursor, statement, parameters, context, executemany):
+        self.count.statements += 1
+        verb = statement.lstrip().split(None, 1)[0].upper()
+        match = _TABLE.search(statement) if verb in ("SELECT", "INSERT", "UPDATE", "DELETE") else None
+        self.count.by_kind[f"{verb} {match.group(1)}" if match else verb] += 1
+
+    def _commit(self, conn):
+        self.count.commits += 1
+
+    def _rollback(self, conn):
+        self.count.rollbacks += 1
+
+    def __enter__(self) -> SqlCounter:
+        for eng in self.engines:
+            event.listen(eng, "before_cursor_execute", self._before)
+            event.listen(eng, "commit", self._commit)
+            event.listen(eng, "rollback", self._rollback)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for eng in self.engines:
+            event.remove(eng, "before_cursor_execute", self._before)
+            event.remove(eng, "commit", self._commit)
+            event.remove(eng, "rollback", self._rollback)
+
+
+def count_sql(engines, one: Callable[[], None], instances: int) -> SqlCount:
+    one()  # warm: model cache, compiled-statement cache
+    with SqlCounter(engines) as counter:
+        for _ in range(instances):
+            one()
+    counter.count.instances = instances
+    return counter.count
+
+
+# -- the run ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class DbResult:
+    db: str
+    service: Throughput
+    http: Throughput
+    service_sql: SqlCount
+    http_sql: SqlCount
+
+
+def ensure_postgres() -> None:
+    pg = engine.db.get_engine(PG_URL)
+    try:
+        with pg.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except Exception as exc:  # noqa: BLE001 - tell the user how to start it
+        raise SystemExit(f"PostgreSQL at {PG_URL} is not reachable ({type(exc).__name__}). Start it with:\n"
+                         "  pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start") from exc
+
+
+def run_db(db: str, budget: Budget, workdir: Path, count_instances: int, log) -> DbResult:
+    log(f"[{db}] service layer: fresh database ...")
+    url = fresh_database(db, workdir, "service")
+    service = run_timed("service layer (driver.drive)", db, service_runner(url), budget)
+    log(f"[{db}] service layer: {service.instances} instances in {service.seconds:.1f}s; counting SQL ...")
+    service_sql = count_sql([engine.db.get_engine(url)], service_runner(url), count_instances)
+
+    log(f"[{db}] HTTP API: fresh database ...")
+    dispose_all([url])
+    url = fresh_database(db, workdir, "http")
+    flow = HttpFlow(url)
+    http = run_timed("HTTP API (Flask test client)", db, flow.one, budget, after_warmup=flow.reset_samples)
+    http.samples = {kind: list(values) for kind, values in flow.samples.items()}
+    log(f"[{db}] HTTP API: {http.instances} instances in {http.seconds:.1f}s; counting SQL ...")
+    http_sql = count_sql([engine.db.get_engine(url), engine.db.get_engine(None)], flow.one, count_instances)
+    dispose_all([url])
+    return DbResult(db, service, http, service_sql, http_sql)
+
+
+def profile_service(budget: Budget, workdir: Path, log, top: int = 25) -> str:
+    log("[profile] service layer on SQLite under cProfile ...")
+    url = fresh_database("sqlite", workdir, "profile")
+    one = service_runner(url)
+    for _ in range(WARMUP_INSTANCES):
+        one()
+    profiler = cProfile.Profile()
+    done, start = 0, time.perf_counter()
+    profiler.enable()
+    while True:
+        one()
+        done += 1
+        elapsed = time.perf_counter() - start
+        if budget_spent(budget, done, elapsed):
+            break
+    profiler.disable()
+    dispose_all([url])
+    out = io.StringIO()
+    stats = pstats.Stats(profiler, stream=out)
+    stats.strip_dirs().sort_stats("cumulative").print_stats(top)
+    stats.sort_stats("tottime").print_stats(15)
+    header = (f"cProfile of the service layer on SQLite: {done} instances in {elapsed:.1f}s under the profiler "
+              f"({done / elapsed:.1f} inst/s profiled)\n")
+    return header + out.getvalue()
+
+
+# -- printing ---------------------------------------------------------------------------------------
+
+
+def table(headers: list[str], rows: list[list[str]], align: str) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+
+    def line(cells):
+        return "  ".join(c.ljust(w) if a == "l" else c.rjust(w) for c, w, a in zip(cells, widths, align, strict=True))
+
+    return "\n".join([line(headers), "  ".join("-" * w for w in widths), *(line(r) for r in rows)])
+
+
+def report(bare: Throughput, references: list[Throughput], results: list[DbResult], state_bytes: dict[str, int],
+           args) -> str:
+    out = []
+    versions = ", ".join(f"{p} {importlib.metadata.version(p)}" for p in ("SpiffWorkflow", "SQLAlchemy", "Flask"))
+    out.append("finflow engine benchmark — reimbursement, amount 1,200 (办公): "
+               "start + manager_approval + finance_review + cashier_payment")
+    out.append(f"Python {platform.python_version()}, {versions}, {os.cpu_count()} CPUs; "
+               f"per phase: --seconds {args.seconds:g} --instances {args.instances} "
+               f"(warm-up {WARMUP_INSTANCES} instances, not timed)")
+    out.append("")
+    out.append("Throughput (one instance = 1 start + 3 approvals = 4 commands)")
+    rows = []
+    for t in [bare, *references, *(x for r in results for x in (r.service, r.http))]:
+        ratio = f"{t.per_second / bare.per_second:.2f}" if bare.per_second else "-"
+        rows.append([t.label, t.db, str(t.instances), f"{t.seconds:.1f}", f"{t.per_second:.1f}",
+                     f"{1000 / t.per_second:.1f}" if t.per_second else "-",
+                     f"{1000 / t.per_second / 4:.2f}" if t.per_second else "-", ratio])
+    out.append(table(["layer", "db", "instances", "s", "inst/s", "ms/inst", "ms/cmd", "× bare"], rows, "llrrrrrr"))
+    out.append(f"  state per step: stock BpmnWorkflowSerializer JSON {state_bytes['stock'] / 1024:.1f} KiB, "
+               f"finflow spec-less state {state_bytes['finflow'] / 1024:.1f} KiB (at completion)")
+
+    if results:
+        out.append("")
+        out.append("HTTP API latency per call (ms, timed phase only)")
+        rows = []
+        for r in results:
+            for kind, values in r.http.samples.items():
+                ms = [v * 1000 for v in values]
+                rows.append([r.db, kind, str(len(ms)), f"{percentile(ms, 50):.2f}", f"{percentile(ms, 90):.2f}",
+                             f"{percentile(ms, 99):.2f}", f"{max(ms):.2f}"])
+        out.append(table(["db", "call", "n", "p50", "p90", "p99", "max"], rows, "llrrrrr"))
+
+        out.append("")
+        out.append("SQL per completed instance (cursor executions; an executemany counts once; "
+                   "SQLite's BEGIN IMMEDIATE counts)")
+        rows = []
+        for r in results:
+            for layer, c in (("service layer", r.service_sql), ("HTTP API", r.http_sql)):
+                verbs = Counter()
+                for kind, n in c.by_kind.items():
+                    verbs[kind.split()[0]] += n
+                rows.append([r.db, layer, str(c.instances), f"{c.per_instance(c.statements):.1f}",
+                             f"{c.per_instance(c.commits):.1f}", f"{c.per_instance(c.rollbacks):.1f}",
+                             "  ".join(f"{v} {c.per_instance(n):g}" for v, n in verbs.most_common())])
+        out.append(table(["db", "layer", "instances", "statements", "commits", "rollbacks", "by verb"], rows,
+                         "llrrrrl"))
+        for r in results:
+            c = r.service_sql
+            out.append(f"  service layer on {r.db}, by statement and table (per instance): " + ", ".join(
+                f"{k} {c.per_instance(n):g}" for k, n in sorted(c.by_kind.items(), key=lambda kv: (-kv[1], kv[0]))))
+        out.append("  (the service figures include engine.demo.driver's own reads: current_tasks before each "
+                   "command and a final read-only transaction)")
+
+        out.append("")
+        out.append("Platform ÷ bare engine (bare = SCRIPT_ENGINE + stock serializer round trip after every step)")
+        rows = []
+        for r in results:
+            rows.append([r.db, f"{r.service.per_second / bare.per_second:.2f}",
+                         f"{r.http.per_second / bare.per_second:.2f}"])
+        out.append(table(["db", "service ÷ bare", "HTTP ÷ bare"], rows, "lrr"))
+        sqlite = next((r for r in results if r.db == "sqlite"), None)
+        if sqlite is not None:
+            ratio = sqlite.service.per_second / bare.per_second
+            verdict = "MET" if ratio >= 0.5 else "NOT MET"
+            out.append(f"Target service ≥ 0.5 × bare on SQLite: {ratio:.2f} × bare → {verdict}")
+        else:
+            out.append("Target service ≥ 0.5 × bare on SQLite: not evaluated (run with --db sqlite or both)")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--db", choices=["sqlite", "postgres", "both"], default="both")
+    parser.add_argument("--instances", type=int, default=0,
+                        help="stop each timed phase after N completed instances (0 = no cap; default 0)")
+    parser.add_argument("--seconds", type=float, default=8.0,
+                        help="stop each timed phase after S seconds (0 = no cap; default 8)")
+    parser.add_argument("--count-instances", type=int, default=20,
+                        help="instances driven with SQL counting on (not timed; default 20)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile the service layer on SQLite (cProfile, top 25 cumulative)")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    args = parser.parse_args(argv)
+    if args.instances < 0 or args.seconds < 0 or (args.instances == 0 and args.seconds == 0):
+        parser.error("give a positive --instances or --seconds")
+    budget = Budget(args.instances, args.seconds)
+
+    def log(message: str) -> None:
+        if not args.quiet:
+            print(message, file=sys.stderr, flush=True)
+
+    dbs = ["sqlite", "postgres"] if args.db == "both" else [args.db]
+    if "postgres" in dbs:
+        ensure_postgres()
+    saved_url = os.environ.get("DATABASE_URL")
+    workdir = Path(tempfile.mkdtemp(prefix="finflow-bench-"))
+    try:
+        log("[bare] parsing BPMN/DMN once ...")
+        bare_engine = BareEngine()
+        state_bytes = {}
+        bare = run_timed("bare engine, SCRIPT_ENGINE, stock serializer", "-",
+                         bare_engine.instance_runner(SCRIPT_ENGINE, "stock"), budget)
+        state_bytes["stock"] = bare_engine.state_bytes
+        log(f"[bare] {bare.instances} instances in {bare.seconds:.1f}s")
+        half = budget.scaled(0.5)
+        references = [
+            run_timed("  ref: bare, default PythonScriptEngine, stock serializer", "-",
+                      bare_engine.instance_runner(PythonScriptEngine(), "stock"), half),
+            run_timed("  ref: bare, SCRIPT_ENGINE, finflow spec-less state", "-",
+                      bare_engine.instance_runner(SCRIPT_ENGINE, "finflow"), half),
+        ]
+        state_bytes["finflow"] = bare_engine.state_bytes
+        references.append(run_timed("  ref: bare, SCRIPT_ENGINE, no serialization", "-",
+                                    bare_engine.instance_runner(SCRIPT_ENGINE, "none"), half))
+        results = [run_db(db, budget, workdir, args.count_instances, log) for db in dbs]
+        print(report(bare, references, results, state_bytes, args))
+        if args.profile:
+            print()
+            print(profile_service(budget, workdir, log))
+    finally:
+        dispose_all([])
+        if saved_url is None:
+            os.environ.pop("DATABASE_URL", None)
+        else:
+            os.environ["DATABASE_URL"] = saved_url
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
