@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy import select
+
 from engine.db import transaction
 from engine.history import Actor
 from engine.models import Budget, HistoryEvent, Instance, Task, Voucher
 from engine.services.instances import start_instance
 from engine.services.queries import current_tasks
 from engine.services.tasks import complete_task
-from sqlalchemy import select
 
 
 def claim(category: str = "办公", amount: float = 1200, reason: str = "采购办公用品") -> dict[str, Any]:

@@ -7,7 +7,7 @@ from engine.db import transaction
 from engine.history import Actor
 from engine.runner.script_engine import RestrictedCodeError, compile_expression, compile_script
 from engine.services.deployments import deploy
-from tests.helpers import events, instance, start
+from tests.helpers import claim, events, instance, start
 
 PROCESS = """<?xml version="1.0" encoding="UTF-8"?>
 <bpmn:definitions xmlns:bpmn="http://www.omg.org/spec/BPMN/20100524/MODEL"
@@ -92,6 +92,5 @@ def test_server_keeps_serving_after_a_failed_instance(as_user):
     failed = client.post("/api/v1/instances", json={"process_key": "scripted", "data": {"amount": 1}})
     assert failed.status_code == 201 and failed.json["status"] == "failed"
     assert failed.json["error"]["node_id"] == "compute"
-    ok = client.post("/api/v1/instances", json={"process_key": "reimbursement", "data": {
-        "category": "办公", "amount": 10, "reason": "笔", "invoices": [{"number": "1", "amount": 10, "date": "2026-11-01"}]}})
+    ok = client.post("/api/v1/instances", json={"process_key": "reimbursement", "data": claim(amount=10)})
     assert ok.status_code == 201 and ok.json["status"] == "running"
