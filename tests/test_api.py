@@ -52,6 +52,12 @@ def test_search_instances_with_filters_and_pagination(as_user):
     assert len(second["items"]) == 1
     assert applicant.get("/api/v1/instances?starter=suxiaoyun&status=running").json["meta"]["total"] == 4
     assert applicant.get("/api/v1/instances?started_from=2100-01-01T00:00:00").json["meta"]["total"] == 0
+    assert applicant.get("/api/v1/instances?started_from=2000-01-01T00:00:00%2B08:00").json["meta"]["total"] == 4
+    assert applicant.get("/api/v1/instances?started_to=2000-01-01").json["meta"]["total"] == 0
+    bad = applicant.get("/api/v1/instances?started_from=yesterday")
+    assert bad.status_code == 422 and "started_from" in bad.json["error"]["details"]["fields"]
+    assert applicant.get("/api/v1/instances?page=0").status_code == 422
+    assert applicant.get("/api/v1/instances?per_page=1000").status_code == 422
     bk = page["items"][0]["business_key"]
     assert [i["business_key"] for i in applicant.get(f"/api/v1/instances?business_key={bk}").json["items"]] == [bk]
 

@@ -97,4 +97,4 @@ def _amount(data: dict[str, Any]) -> Decimal | None:
         amount = Decimal(str(value))
     except InvalidOperation:
         raise InvalidInput("amount must be a number", {"fields": {"amount": ["must be a number"]}}) from None
-    return amount if amount.is_finite() else None
+    return amount.quantize(Decimal("0.01")) if amount.is_finite() else None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from zoneinfo import ZoneInfo
 from typing import Any
 
 from sqlalchemy import Select, exists, func, select
@@ -16,6 +17,7 @@ from sqlalchemy.orm import Session
 from engine.errors import Forbidden, NotFound
 from engine.models import HistoryEvent, Instance, Task, TaskCandidate, User
 
+LOCAL_ZONE = ZoneInfo("Asia/Shanghai")
 WIDE_SCOPE_ROLES = {"admin", "auditor", "finance", "cfo", "gm", "cashier"}
 
 
@@ -59,9 +61,9 @@ def search_instances(session: Session, viewer: User, *, process_key: str | None 
         if value is not None:
             stmt = stmt.where(column == value)
     if started_from is not None:
-        stmt = stmt.where(Instance.started_at >= started_from)
+        stmt = stmt.where(Instance.started_at >= _aware(started_from))
     if started_to is not None:
-        stmt = stmt.where(Instance.started_at < started_to)
+        stmt = stmt.where(Instance.started_at < _aware(started_to))
     stmt = scope_instances(stmt, viewer)
     return _paginate(session, stmt.order_by(Instance.started_at.desc(), Instance.id), page, per_page)
 
@@ -99,6 +101,11 @@ def history(session: Session, viewer: User, instance_id: str) -> list[HistoryEve
     get_instance(session, viewer, instance_id)
     return list(session.scalars(select(HistoryEvent).where(HistoryEvent.instance_id == instance_id)
                                 .order_by(HistoryEvent.seq)))
+
+
+def _aware(moment: datetime) -> datetime:
+    """A date-time without a zone is what a user in China means: Asia/Shanghai."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=LOCAL_ZONE)
 
 
 def _paginate(session: Session, stmt: Select, page: int, per_page: int) -> Page:
