@@ -40,8 +40,7 @@ def start(body, session, user, actor):
 @authenticated
 def search(args, session, user):
     """Search instances by process, status, business key, starter and start date, paginated."""
-    page = queries.search_instances(session, user, **args)
-    return {"items": page.items, "meta": {"total": page.total, "page": page.page, "per_page": page.per_page}}
+    return queries.search_instances(session, user, **args)
 
 
 @blp.route("/instances/<string:instance_id>")

@@ -24,8 +24,7 @@ blp = Blueprint("tasks", __name__, description="List, read and complete human ta
 @authenticated
 def list_tasks(args, session, user):
     """Tasks: `mine=true` for the caller's to-do list, or by instance and status."""
-    page = queries.list_tasks(session, user, **args)
-    return {"items": page.items, "meta": {"total": page.total, "page": page.page, "per_page": page.per_page}}
+    return queries.list_tasks(session, user, **args)
 
 
 @blp.route("/tasks/<string:task_id>")

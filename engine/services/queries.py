@@ -28,6 +28,10 @@ class Page:
     page: int
     per_page: int
 
+    @property
+    def meta(self) -> dict[str, int]:
+        return {"total": self.total, "page": self.page, "per_page": self.per_page}
+
 
 def _sees_all(viewer: User) -> bool:
     return bool(viewer.role_ids & WIDE_SCOPE_ROLES)
