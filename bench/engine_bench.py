@@ -5,8 +5,10 @@ start + manager_approval + finance_review + cashier_payment, i.e. 1 start and 3 
 
     python bench/engine_bench.py [--db sqlite|postgres|both] [--instances N] [--seconds S] [--profile]
 
-Every timed phase runs until N instances have completed or S seconds have passed, whichever comes first
-(N = 0: no instance cap; S = 0: no time cap). Figures are printed, never asserted. See bench/README.md.
+Every row (bare engine, service layer, HTTP API, ...) gets a budget of N completed instances or S seconds
+of timed work, whichever is reached first (N = 0: no instance cap; S = 0: no time cap), split over
+--rounds interleaved rounds so that background load affects all rows alike. Figures are printed, never
+asserted. See bench/README.md.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import platform
 import pstats
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -460,13 +463,25 @@ def table(headers: list[str], rows: list[list[str]], align: str) -> str:
     return "\n".join([line(headers), "  ".join("-" * w for w in widths), *(line(r) for r in rows)])
 
 
+def code_version() -> str:
+    """The commit measured, and whether engine/ or api/ had uncommitted changes."""
+    try:
+        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "engine", "api"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return f"{head}{' + uncommitted changes in engine/ or api/' if dirty else ''}"
+
+
 def report(bare: Phase, references: list[Phase], runs: list[DbRun], state_bytes: dict[str, int], args) -> str:
     out = []
     versions = ", ".join(f"{p} {importlib.metadata.version(p)}" for p in ("SpiffWorkflow", "SQLAlchemy", "Flask"))
     out.append("finflow engine benchmark — reimbursement, amount 1,200 (办公): "
                "start + manager_approval + finance_review + cashier_payment")
-    out.append(f"Python {platform.python_version()}, {versions}, {os.cpu_count()} CPUs, load average "
-               f"{os.getloadavg()[0]:.2f}")
+    out.append(f"code {code_version()}; Python {platform.python_version()}, {versions}, {os.cpu_count()} CPUs, "
+               f"load average {os.getloadavg()[0]:.2f}")
     out.append(f"Budget per row: --seconds {args.seconds:g} --instances {args.instances}, split over {args.rounds} "
                f"interleaved rounds (ref rows: half); warm-up {WARMUP_INSTANCES} instances in round 1, "
                f"1 later, never timed")

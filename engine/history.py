@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from engine.models import HistoryEvent, Instance
@@ -44,18 +44,15 @@ class HistoryRecorder:
             "user_agent": (actor.user_agent or "")[:255] or None,
         })
 
-    def flush(self, session: Session) -> None:
-        if not self.events:
-            return
+    def take_rows(self) -> list[dict[str, Any]]:
+        """The collected events as rows numbered after the instance's last one; advances `last_seq`."""
         now = datetime.now(UTC)
-        seq = self.instance.last_seq
-        rows = []
-        for event in self.events:
-            seq += 1
-            rows.append({**event, "instance_id": self.instance.id, "seq": seq, "at": now})
-        session.execute(insert(HistoryEvent), rows)
-        self.instance.last_seq = seq
+        first = self.instance.last_seq + 1
+        rows = [{**event, "instance_id": self.instance.id, "seq": first + i, "at": now}
+                for i, event in enumerate(self.events)]
+        self.instance.last_seq += len(rows)
         self.events.clear()
+        return rows
 
 
 def instance_history(session: Session, instance_id: str) -> list[HistoryEvent]:

@@ -8,12 +8,11 @@ checked before anything runs. See docs/process-authoring.md for the table of for
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import Select, case, select
+from sqlalchemy.orm import Session, aliased
 
 from engine.models import Department, GroupMember, User, UserRole
 
@@ -48,57 +47,61 @@ def parse_assignment(expression: str) -> Assignment:
 
 
 def resolve_candidates(session: Session, expression: str, starter_id: str, data: dict[str, Any]) -> list[str]:
-    """The active users who may act, in a stable order; empty when nobody qualifies."""
+    """The active users who may act, in a stable order; empty when nobody qualifies. One query."""
     assignment = parse_assignment(expression)
-    ids = _RESOLVERS[assignment.function](session, assignment.args, starter_id, data)
-    return _active(session, ids)
+    query = _RESOLVERS[assignment.function](assignment.args, starter_id, data)
+    if query is None:
+        return []
+    return list(dict.fromkeys(session.scalars(query)))
 
 
-def _starter(session, args, starter_id, data):
-    return [starter_id]
+def _active_ids(ids: list[str]) -> Select | None:
+    if not ids:
+        return None
+    order = case({user_id: i for i, user_id in enumerate(ids)}, value=User.id)
+    return select(User.id).where(User.id.in_(ids), User.active.is_(True)).order_by(order)
 
 
-def _manager(session, args, starter_id, data):
-    manager = session.scalar(select(User.manager_id).where(User.id == starter_id))
-    return [manager] if manager else []
+def _starter(args, starter_id, data):
+    return _active_ids([starter_id])
 
 
-def _dept_head(session, args, starter_id, data):
-    dept = args[0]
-    if dept == "starter":
-        dept = session.scalar(select(User.department_id).where(User.id == starter_id))
-    head = session.scalar(select(Department.head_id).where(Department.id == dept))
-    return [head] if head else []
+def _manager(args, starter_id, data):
+    applicant, manager = aliased(User), aliased(User)
+    return (select(manager.id).select_from(applicant).join(manager, manager.id == applicant.manager_id)
+            .where(applicant.id == starter_id, manager.active.is_(True)))
 
 
-def _role(session, args, starter_id, data):
-    return list(session.scalars(select(UserRole.user_id).where(UserRole.role_id == args[0])
-                                .order_by(UserRole.user_id)))
+def _dept_head(args, starter_id, data):
+    head = aliased(User)
+    stmt = select(head.id).select_from(Department).join(head, head.id == Department.head_id)
+    if args[0] == "starter":
+        stmt = stmt.join(User, User.department_id == Department.id).where(User.id == starter_id)
+    else:
+        stmt = stmt.where(Department.id == args[0])
+    return stmt.where(head.active.is_(True))
 
 
-def _group(session, args, starter_id, data):
-    return list(session.scalars(select(GroupMember.user_id).where(GroupMember.group_id == args[0])
-                                .order_by(GroupMember.user_id)))
+def _role(args, starter_id, data):
+    return (select(User.id).join(UserRole, UserRole.user_id == User.id)
+            .where(UserRole.role_id == args[0], User.active.is_(True)).order_by(User.id))
 
 
-def _users(session, args, starter_id, data):
-    return list(args)
+def _group(args, starter_id, data):
+    return (select(User.id).join(GroupMember, GroupMember.user_id == User.id)
+            .where(GroupMember.group_id == args[0], User.active.is_(True)).order_by(User.id))
 
 
-def _var(session, args, starter_id, data):
+def _users(args, starter_id, data):
+    return _active_ids(list(args))
+
+
+def _var(args, starter_id, data):
     value = data.get(args[0])
     if isinstance(value, str):
-        return [value]
-    return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
+        return _active_ids([value])
+    return _active_ids([v for v in value if isinstance(v, str)] if isinstance(value, list) else [])
 
 
 _RESOLVERS = {"starter": _starter, "manager": _manager, "dept_head": _dept_head, "role": _role,
               "group": _group, "users": _users, "var": _var}
-
-
-def _active(session: Session, ids: Iterable[str]) -> list[str]:
-    wanted = list(dict.fromkeys(ids))
-    if not wanted:
-        return []
-    active = set(session.scalars(select(User.id).where(User.id.in_(wanted), User.active.is_(True))))
-    return [i for i in wanted if i in active]

@@ -19,8 +19,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from engine import operators
+from engine.errors import Conflict
 from engine.history import Actor, HistoryRecorder
-from engine.models import Instance, Task, TaskCandidate
+from engine.models import HistoryEvent, Instance, Task, TaskCandidate
 from engine.org.assignment import resolve_candidates
 from engine.runner.model import NodeInfo, ProcessModel
 from engine.runner.script_engine import FinflowScriptEngine, RestrictedEnvironment
@@ -42,8 +43,9 @@ class InstanceRun:
         self.model = model
         self.workflow = workflow
         self.history = HistoryRecorder(instance, actor)
-        self._states = {t.id: t.state for t in workflow.get_tasks()}
-        self._ready_user_tasks = {t.id for t in self._user_tasks(TaskState.READY)}
+        self._states = {t.id: t.state for t in self._all_tasks()}
+        self._ready_user_tasks = {i for i, state in self._states.items()
+                                  if state == TaskState.READY and self._is_user_task(self._task(i))}
         self._new_tasks: list[dict[str, Any]] = []
         self._new_candidates: list[dict[str, str]] = []
         self._closed_by_command: set[UUID] = set()
@@ -69,7 +71,9 @@ class InstanceRun:
     # -- commands -----------------------------------------------------------------------------------
 
     def complete_user_task(self, row: Task, action: str, comment: str | None, form_data: dict[str, Any]) -> None:
-        task = self.workflow.get_task_from_id(UUID(row.id))
+        task = self._task(UUID(row.id))
+        if task is None or task.state != TaskState.READY:
+            raise Conflict(f"任务「{row.name}」已不在待办状态", {"task_id": row.id})
         node = row.node_id
         task.data.update(form_data)
         task.data.update({"decision": action, f"{node}_decision": action, f"{node}_by": self.history.actor.user_id,
@@ -110,7 +114,8 @@ class InstanceRun:
         self.history.record(type_, payload, by_actor=False)
 
     def _observe(self) -> None:
-        changed = [t for t in self.workflow.get_tasks() if self._states.get(t.id) != t.state]
+        tasks = self._all_tasks()
+        changed = [t for t in tasks if self._states.get(t.id) != t.state]
         changed.sort(key=lambda t: t.last_state_change)
         for task in changed:
             if task.state == TaskState.COMPLETED and not self._is_user_task(task):
@@ -119,7 +124,7 @@ class InstanceRun:
             if task.state == TaskState.READY and self._is_user_task(task):
                 self._open_user_task(task)
         self._close_vanished_tasks()
-        self._states = {t.id: t.state for t in self.workflow.get_tasks()}
+        self._states = {t.id: t.state for t in tasks}
 
     def _record_completed_node(self, task) -> None:
         node = self.model.nodes.get(task.task_spec.bpmn_id or "")
@@ -170,7 +175,7 @@ class InstanceRun:
     def _close_vanished_tasks(self) -> None:
         """User tasks that stopped being ready without a completion (countersign ended early, withdrawal)."""
         for task_id in list(self._ready_user_tasks):
-            task = self.workflow.get_task_from_id(task_id) if task_id in self.workflow.tasks else None
+            task = self._task(task_id)
             if task is not None and task.state == TaskState.READY:
                 continue
             self._ready_user_tasks.discard(task_id)
@@ -211,17 +216,19 @@ class InstanceRun:
     # -- persistence --------------------------------------------------------------------------------
 
     def save(self) -> None:
+        """Write the step: one instance insert/update (with the history sequence), then bulk inserts."""
         instance = self.instance
         instance.state = dump_state(self.workflow)
         last = self.workflow.last_task
         instance.data = _jsonable(last.data if last is not None else {})
         instance.updated_at = utcnow()
+        history = self.history.take_rows()  # numbers the events and advances instance.last_seq
         self.session.flush()  # the instance row (insert or versioned update) before rows that reference it
         if self._new_tasks:
             self.session.execute(insert(Task), self._new_tasks)
             self.session.execute(insert(TaskCandidate), self._new_candidates)
-        self.history.flush(self.session)
-        self.session.flush()
+        if history:
+            self.session.execute(insert(HistoryEvent), history)
 
     # -- helpers ------------------------------------------------------------------------------------
 
@@ -230,8 +237,18 @@ class InstanceRun:
         return node is not None and node.kind == "userTask" and not task.task_spec.__class__.__name__.endswith(
             "MultiInstanceTask")
 
-    def _user_tasks(self, state):
-        return [t for t in self.workflow.get_tasks(state=state) if self._is_user_task(t)]
+    def _all_tasks(self) -> list:
+        """Every task of the instance, read from the id maps (much cheaper than walking the tree)."""
+        tasks = list(self.workflow.tasks.values())
+        for sub in self.workflow.subprocesses.values():
+            tasks.extend(sub.tasks.values())
+        return tasks
+
+    def _task(self, task_id: UUID):
+        task = self.workflow.tasks.get(task_id)
+        if task is None:
+            task = next((s.tasks[task_id] for s in self.workflow.subprocesses.values() if task_id in s.tasks), None)
+        return task
 
 
 def _dmn_trace(task) -> dict[str, Any]:

@@ -110,7 +110,9 @@ def get_version(session: Session, key: str, version: int | None = None) -> Proce
     return found
 
 
-def model_for(session: Session, version_id: int) -> ProcessModel:
-    digest = session.scalar(select(ProcessVersion.content_hash).where(ProcessVersion.id == version_id))
+def model_for(session: Session, version_id: int, content_hash: str | None = None) -> ProcessModel:
+    """The runnable model of a version; pass its content hash when the caller already read it."""
+    digest = content_hash or session.scalar(select(ProcessVersion.content_hash)
+                                            .where(ProcessVersion.id == version_id))
     return model_for_version(version_id, digest, lambda: session.scalar(
         select(ProcessVersion.files).where(ProcessVersion.id == version_id)))

@@ -22,12 +22,15 @@ CANCEL_ROLES = {"admin"}
 
 def start_instance(session: Session, actor: Actor, process_key: str, data: dict[str, Any],
                    business_key: str | None = None) -> Instance:
-    definition = session.get(ProcessDefinition, process_key)
-    if definition is None:
+    latest = session.execute(
+        select(ProcessVersion.id, ProcessVersion.content_hash).join(
+            ProcessDefinition, (ProcessDefinition.key == ProcessVersion.process_key)
+            & (ProcessDefinition.latest_version == ProcessVersion.version))
+        .where(ProcessVersion.process_key == process_key)).first()
+    if latest is None:
         raise NotFound(f"流程 '{process_key}' 不存在", {"process_key": process_key})
-    version_id = session.scalar(select(ProcessVersion.id).where(
-        ProcessVersion.process_key == process_key, ProcessVersion.version == definition.latest_version))
-    model = model_for(session, version_id)
+    version_id, content_hash = latest
+    model = model_for(session, version_id, content_hash)
     if model.start_form:
         validate_form(model.form(model.start_form), data, "data")
     now = utcnow()

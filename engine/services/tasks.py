@@ -9,22 +9,24 @@ from sqlalchemy.orm import Session
 
 from engine.errors import Conflict, Forbidden, InvalidInput, NotFound
 from engine.history import Actor
-from engine.models import Instance, Task
+from engine.models import Instance, ProcessVersion, Task
 from engine.runner.execution import InstanceRun
 from engine.services.deployments import model_for
 from engine.services.forms import validate_form
-from engine.services.instances import lock_instance
 
 ACTION_LABELS = {"approve": "同意", "reject": "驳回", "submit": "提交"}
 
 
 def complete_task(session: Session, actor: Actor, task_id: str, action: str, comment: str | None = None,
                   form_data: dict[str, Any] | None = None) -> tuple[Task, Instance]:
-    instance_id = session.scalar(select(Task.instance_id).where(Task.id == task_id))
-    if instance_id is None:
+    locked = session.execute(
+        select(Instance, ProcessVersion.content_hash).join(Task, Task.instance_id == Instance.id)
+        .join(ProcessVersion, ProcessVersion.id == Instance.version_id).where(Task.id == task_id)
+        .with_for_update(of=Instance).execution_options(populate_existing=True)).first()
+    if locked is None:
         raise NotFound(f"任务 {task_id} 不存在", {"task_id": task_id})
-    instance = lock_instance(session, instance_id)
-    task = session.get(Task, task_id, populate_existing=True)
+    instance, content_hash = locked
+    task = session.get(Task, task_id, populate_existing=True)  # read after the lock: the current status
     if task.status != "ready":
         raise Conflict(f"任务「{task.name}」已{'处理' if task.status == 'completed' else '取消'}，不能重复操作",
                        {"task_id": task_id, "status": task.status, "completed_by": task.assignee_id})
@@ -36,7 +38,7 @@ def complete_task(session: Session, actor: Actor, task_id: str, action: str, com
     if action not in task.actions:
         raise InvalidInput(f"action must be one of {task.actions}", {"fields": {"action": [
             f"'{action}' is not allowed here; allowed: {', '.join(task.actions)}"]}})
-    model = model_for(session, instance.version_id)
+    model = model_for(session, instance.version_id, content_hash)
     form_data = validate_form(model.form(task.form_key), form_data or {}, "form_data")
     run = InstanceRun.load(session, instance, model, actor)
     run.complete_user_task(task, action, comment, form_data)
