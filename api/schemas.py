@@ -184,5 +184,5 @@ class UserSchema(Schema):
     department_id = fields.String()
     manager_id = fields.String(allow_none=True)
     title = fields.String(allow_none=True)
-    roles = fields.Function(lambda u: sorted(u.role_ids))
+    roles = fields.List(fields.String())
     active = fields.Boolean()

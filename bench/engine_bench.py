@@ -60,7 +60,7 @@ from engine.services.auth import issue_token  # noqa: E402
 from engine.services.deployments import deploy  # noqa: E402
 
 PROCESSES = ROOT / "processes"
-PG_URL = os.environ.get("FINFLOW_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+PG_URL = os.environ.get("FINFLOW_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/finflow_bench")
 PROCESS_KEY = "reimbursement"
 STARTER = "suxiaoyun"
 START_DATA: dict[str, Any] = {

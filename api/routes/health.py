@@ -24,4 +24,5 @@ def health():
 @authenticated
 def me(session, user):
     """The user the bearer token belongs to."""
-    return user
+    return {name: getattr(user, name) for name in UserSchema().fields if name != "roles"} | {
+        "roles": sorted(user.role_ids)}

@@ -12,7 +12,6 @@ from typing import Any
 
 from engine.db import transaction
 from engine.history import Actor
-from engine.models import Instance
 from engine.services.instances import start_instance
 from engine.services.queries import current_tasks
 from engine.services.tasks import complete_task
@@ -39,23 +38,26 @@ class DriveResult:
 
 
 def drive(scenario: Scenario, url: str | None = None, max_steps: int = 100) -> DriveResult:
+    """Start the scenario's instance and act on its tasks until it ends; one transaction per command."""
     with transaction(url) as session:
-        instance_id = start_instance(session, Actor(scenario.starter, "demo"), scenario.process_key,
-                                     scenario.data).id
+        instance = start_instance(session, Actor(scenario.starter, "demo"), scenario.process_key, scenario.data)
+        instance_id, status, outcome = instance.id, instance.status, instance.outcome
+        tasks = current_tasks(session, instance_id)
     path: list[str] = []
     visits: dict[str, int] = {}
     for _ in range(max_steps):
+        if not tasks:
+            return DriveResult(instance_id, status, outcome, path)
+        task = tasks[0]
+        visits[task.node_id] = visits.get(task.node_id, 0) + 1
+        action = _action(scenario, task.node_id, task.actions, visits[task.node_id])
+        form = scenario.revisions.get(task.node_id, {}) if action == "submit" else {}
         with transaction(url) as session:
+            _, instance = complete_task(session, Actor(task.candidates[0], "demo"), task.id, action,
+                                        _comment(action), form)
+            status, outcome = instance.status, instance.outcome
             tasks = current_tasks(session, instance_id)
-            if not tasks:
-                instance = session.get(Instance, instance_id)
-                return DriveResult(instance_id, instance.status, instance.outcome, path)
-            task = tasks[0]
-            visits[task.node_id] = visits.get(task.node_id, 0) + 1
-            action = _action(scenario, task.node_id, task.actions, visits[task.node_id])
-            form = scenario.revisions.get(task.node_id, {}) if action == "submit" else {}
-            complete_task(session, Actor(task.candidates[0], "demo"), task.id, action, _comment(action), form)
-            path.append(task.node_id)
+        path.append(task.node_id)
     raise RuntimeError(f"{scenario.title}: still running after {max_steps} steps")
 
 

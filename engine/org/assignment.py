@@ -66,14 +66,17 @@ def _starter(args, starter_id, data):
     return _active_ids([starter_id])
 
 
+_APPLICANT, _MANAGER, _HEAD = aliased(User), aliased(User), aliased(User)  # built once: aliasing is costly
+
+
 def _manager(args, starter_id, data):
-    applicant, manager = aliased(User), aliased(User)
+    applicant, manager = _APPLICANT, _MANAGER
     return (select(manager.id).select_from(applicant).join(manager, manager.id == applicant.manager_id)
             .where(applicant.id == starter_id, manager.active.is_(True)))
 
 
 def _dept_head(args, starter_id, data):
-    head = aliased(User)
+    head = _HEAD
     stmt = select(head.id).select_from(Department).join(head, head.id == Department.head_id)
     if args[0] == "starter":
         stmt = stmt.join(User, User.department_id == Department.id).where(User.id == starter_id)

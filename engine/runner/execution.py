@@ -14,7 +14,7 @@ from uuid import UUID
 
 from SpiffWorkflow.bpmn.workflow import BpmnWorkflow
 from SpiffWorkflow.util.task import TaskState
-from sqlalchemy import insert, update
+from sqlalchemy import update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -224,11 +224,13 @@ class InstanceRun:
         instance.updated_at = utcnow()
         history = self.history.take_rows()  # numbers the events and advances instance.last_seq
         self.session.flush()  # the instance row (insert or versioned update) before rows that reference it
+        # Core inserts: one executemany each, without the ORM's per-row bookkeeping.
+        connection = self.session.connection()
         if self._new_tasks:
-            self.session.execute(insert(Task), self._new_tasks)
-            self.session.execute(insert(TaskCandidate), self._new_candidates)
+            connection.execute(Task.__table__.insert(), self._new_tasks)
+            connection.execute(TaskCandidate.__table__.insert(), self._new_candidates)
         if history:
-            self.session.execute(insert(HistoryEvent), history)
+            connection.execute(HistoryEvent.__table__.insert(), history)
 
     # -- helpers ------------------------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ BPMN_NS = "http://www.omg.org/spec/BPMN/20100524/MODEL"
 SPIFF_NS = "http://spiffworkflow.org/bpmn/schema/1.0/core"
 NS = {"bpmn": BPMN_NS, "spiffworkflow": SPIFF_NS}
 DEFAULT_ACTIONS = ("approve", "reject")
+EMPTY_FORM: dict[str, Any] = {"type": "object", "properties": {}, "additionalProperties": False}
 KNOWN_ACTIONS = {"approve", "reject", "submit"}
 
 # Hostile uploads: no entity expansion, no DTD or network fetches, bounded trees.
@@ -75,7 +76,7 @@ class ProcessModel:
     version_id: int | None = None
 
     def form(self, key: str | None) -> dict[str, Any]:
-        return self.forms.get(key or "", {"type": "object", "properties": {}})
+        return self.forms.get(key or "", EMPTY_FORM)
 
 
 @dataclass
