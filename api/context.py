@@ -36,7 +36,7 @@ def authenticated(view: Callable[..., Any]) -> Callable[..., Any]:
 
     @wraps(view)
     def wrapper(*args, **kwargs):
-        with transaction() as session:
+        with transaction(readonly=True) as session:
             user = authenticate(session, bearer_token())
             return view(*args, session=session, user=user, **kwargs)
 

@@ -48,20 +48,28 @@ def _sqlite_engine(url: str) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection):
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # Readers take no write lock: WAL lets them run beside the one writer.
+        readonly = connection.get_execution_options().get("finflow_readonly", False)
+        connection.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
 
     return engine
 
 
-@lru_cache(maxsize=8)
-def _session_factory(url: str | None) -> sessionmaker[Session]:
-    return sessionmaker(bind=get_engine(url), expire_on_commit=False, autoflush=False)
+@lru_cache(maxsize=16)
+def _session_factory(url: str | None, readonly: bool) -> sessionmaker[Session]:
+    bind = get_engine(url)
+    if readonly:
+        bind = bind.execution_options(finflow_readonly=True)
+    return sessionmaker(bind=bind, expire_on_commit=False, autoflush=False)
 
 
 @contextmanager
-def transaction(url: str | None = None) -> Iterator[Session]:
-    """Run a block in one transaction: commit on success, roll back on any exception."""
-    session = _session_factory(url)()
+def transaction(url: str | None = None, *, readonly: bool = False) -> Iterator[Session]:
+    """Run a block in one transaction: commit on success, roll back on any exception.
+
+    `readonly` is a promise the block does not write; on SQLite it then does not queue behind writers.
+    """
+    session = _session_factory(url, readonly)()
     try:
         yield session
         session.commit()

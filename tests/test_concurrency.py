@@ -53,3 +53,27 @@ def test_parallel_tasks_of_one_instance_both_complete(app, as_user):
         assert ready_nodes(iid) == ["countersign"] * 3  # both decisions reached the join
         completed = [e.node_id for e in events(iid) if e.type == "task.completed"]
         assert sorted(completed) == ["finance_review", "legal_review"]
+
+
+def test_same_idempotency_key_from_two_threads_starts_one_instance(app, as_user):
+    token = token_for(as_user, "suxiaoyun")
+    body = {"process_key": "reimbursement", "data": {"category": "办公", "amount": 10, "reason": "纸",
+                                                     "invoices": [{"number": "1", "amount": 10, "date": "2026-11-01"}]}}
+    barrier = threading.Barrier(2)
+    results = []
+
+    def worker():
+        client = app.test_client()
+        barrier.wait()
+        response = client.post("/api/v1/instances", json=body, headers={"Authorization": f"Bearer {token}",
+                                                                        "Idempotency-Key": "same-key"})
+        results.append((response.status_code, response.json["id"]))
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert [code for code, _ in results] == [201, 201]
+    assert results[0][1] == results[1][1]  # the second call got the first call's instance
+    assert as_user("fengli").get("/api/v1/instances").json["meta"]["total"] == 1
