@@ -531,8 +531,8 @@ def report(bare: Phase, references: list[Phase], runs: list[DbRun], state_bytes:
         for layer, c in (("service", r.service_sql), ("HTTP", r.http_sql)):
             kinds = sorted(c.by_kind.items(), key=lambda kv: (-kv[1], kv[0]))
             out.append(f"  {r.db} {layer}: " + ", ".join(f"{k} {c.per_instance(n):g}" for k, n in kinds))
-    out.append("  service counts include engine.demo.driver's own reads (current_tasks before each command, one "
-               "final read-only transaction);\n  SQLite's BEGIN IMMEDIATE counts as a statement.")
+    out.append("  service counts include engine.demo.driver's own read of current_tasks after each command, in "
+               "that command's transaction;\n  SQLite's BEGIN IMMEDIATE counts as a statement.")
 
     out.append("")
     out.append("Platform ÷ bare engine (bare = SCRIPT_ENGINE + stock serializer round trip after every step)")
