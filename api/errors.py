@@ -8,7 +8,7 @@ from flask import Flask, jsonify
 from sqlalchemy.orm.exc import StaleDataError
 from werkzeug.exceptions import HTTPException
 
-from engine.errors import FinflowError
+from engine.errors import FinflowError, TooManyRequests
 
 log = logging.getLogger("finflow.api")
 
@@ -26,7 +26,10 @@ def error_response(status: int, code: str, message: str, details: dict | None = 
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(FinflowError)
     def _finflow(exc: FinflowError):
-        return error_response(exc.status, exc.code, exc.message, exc.details)
+        response = error_response(exc.status, exc.code, exc.message, exc.details)
+        if isinstance(exc, TooManyRequests):
+            response.headers["Retry-After"] = str(exc.retry_after)
+        return response
 
     @app.errorhandler(StaleDataError)
     def _stale(exc):

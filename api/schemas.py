@@ -71,6 +71,13 @@ class DeployResultSchema(Schema):
 
 class TaskSchema(Schema):
     id = fields.String()
+    spiff_task_id = fields.String(metadata={"description": "the BPMN task this row works on"})
+    kind = fields.String(metadata={"description": "approval | add_sign (加签) | resubmit (申请人修改)"})
+    mode = fields.String(metadata={"description": "any 或签 | all 会签 | sequence 依次"})
+    owner_id = fields.String(allow_none=True, metadata={"description": "who delegated (委派) the task"})
+    delegate_id = fields.String(allow_none=True)
+    delegation = fields.String(allow_none=True, metadata={"description": "pending | resolved"})
+    pending_after = fields.List(fields.String(), metadata={"description": "signers added after this approver"})
     instance_id = fields.String()
     process_key = fields.String()
     node_id = fields.String()
@@ -136,7 +143,7 @@ class ReasonSchema(StrictSchema):
 class TaskListArgsSchema(PageArgsSchema):
     mine = fields.Boolean(load_default=False)
     instance_id = fields.String()
-    status = fields.String(validate=validate.OneOf(["ready", "completed", "cancelled"]))
+    status = fields.String(validate=validate.OneOf(["ready", "waiting", "completed", "cancelled"]))
 
 
 class TaskPageSchema(Schema):
@@ -186,3 +193,43 @@ class UserSchema(Schema):
     title = fields.String(allow_none=True)
     roles = fields.List(fields.String())
     active = fields.Boolean()
+
+
+# -- approval operations ----------------------------------------------------------------------------
+
+USER_ID = validate.Length(min=1, max=64)
+
+
+class TransferSchema(StrictSchema):
+    to = fields.String(required=True, validate=USER_ID, metadata={"description": "user id of the new approver"})
+    reason = fields.String(validate=validate.Length(max=2000), load_default=None, allow_none=True)
+
+
+class AddSignersSchema(StrictSchema):
+    users = fields.List(fields.String(validate=USER_ID), required=True, validate=validate.Length(min=1, max=20))
+    position = fields.String(required=True, validate=validate.OneOf(["before", "after"]),
+                             metadata={"description": "before (前加签) or after (后加签) the current approver"})
+    reason = fields.String(validate=validate.Length(max=2000), load_default=None, allow_none=True)
+
+
+class ReturnSchema(StrictSchema):
+    to = fields.String(required=True, validate=validate.Length(min=1, max=128),
+                       metadata={"description": "a node id the instance passed, or 'applicant'"})
+    reason = fields.String(validate=validate.Length(max=2000), load_default=None, allow_none=True)
+
+
+class UrgeSchema(StrictSchema):
+    message = fields.String(validate=validate.Length(max=500), load_default=None, allow_none=True)
+
+
+class UrgedSchema(Schema):
+    urged = fields.List(fields.Nested(TaskSchema))
+
+
+class CcSchema(StrictSchema):
+    users = fields.List(fields.String(validate=USER_ID), required=True, validate=validate.Length(min=1, max=50))
+    note = fields.String(validate=validate.Length(max=500), load_default=None, allow_none=True)
+
+
+class CcResultSchema(Schema):
+    added = fields.List(fields.String())

@@ -48,3 +48,12 @@ class NotFound(FinflowError):
 class Conflict(FinflowError):
     status = 409
     code = "conflict"
+
+
+class TooManyRequests(FinflowError):
+    status = 429
+    code = "too_many_requests"
+
+    def __init__(self, message: str, retry_after: int, details: dict[str, Any] | None = None):
+        super().__init__(message, {**(details or {}), "retry_after": retry_after})
+        self.retry_after = retry_after

@@ -161,16 +161,32 @@ class Instance(Base):
 
 
 class Task(Base):
-    """A human task projected out of the workflow state, so it can be queried without loading it."""
+    """A human task projected out of the workflow state, so it can be queried without loading it.
+
+    One BPMN user task (a SpiffWorkflow task, `spiff_task_id`) may be worked by several rows: one per
+    signer in a countersign (会签) or sequence (依次), plus rows for added signers (加签) or for the
+    applicant when a task is returned to them. Rows of one activation of the node share `activation`.
+    """
 
     __tablename__ = "tasks"
     __table_args__ = (Index("ix_tasks_status_created", "status", "created_at"),)
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    spiff_task_id: Mapped[str] = mapped_column(String(36), index=True)
+    activation: Mapped[str] = mapped_column(String(32), index=True)
+    kind: Mapped[str] = mapped_column(String(16), default="approval")  # approval | add_sign | resubmit
+    mode: Mapped[str] = mapped_column(String(16), default="any")  # any 或签 | all 会签 | sequence 依次
+    position: Mapped[int] = mapped_column(Integer, default=0)  # order within the activation
+    owner_id: Mapped[str | None] = mapped_column(String(64))  # who delegated (委派) the task
+    delegate_id: Mapped[str | None] = mapped_column(String(64))
+    delegation: Mapped[str | None] = mapped_column(String(16))  # pending | resolved
+    sign_before: Mapped[bool] = mapped_column(Boolean, default=False)  # an add_sign row ahead of the approver
+    pending_after: Mapped[list[str]] = mapped_column(JSON, default=list)  # add-signers after this approver
+    form_data: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     instance_id: Mapped[str] = mapped_column(ForeignKey("instances.id"), index=True)
     process_key: Mapped[str] = mapped_column(String(64))
     node_id: Mapped[str] = mapped_column(String(128))
     name: Mapped[str] = mapped_column(String(255))
-    status: Mapped[str] = mapped_column(String(16))  # ready | completed | cancelled
+    status: Mapped[str] = mapped_column(String(16))  # ready | waiting | completed | cancelled
     assignment: Mapped[str] = mapped_column(String(255))
     candidates: Mapped[list[str]] = mapped_column(JSON)
     form_key: Mapped[str] = mapped_column(String(128))
@@ -206,6 +222,17 @@ class HistoryEvent(Base):
     task_id: Mapped[str | None] = mapped_column(String(36))
     node_id: Mapped[str | None] = mapped_column(String(128))
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class InstanceCc(Base):
+    """抄送: people who may read an instance and are told about it, but cannot act."""
+
+    __tablename__ = "instance_cc"
+    instance_id: Mapped[str] = mapped_column(ForeignKey("instances.id"), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(64), primary_key=True, index=True)
+    added_by: Mapped[str | None] = mapped_column(String(64))
+    node_id: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
 class IdempotencyRecord(Base):

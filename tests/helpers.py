@@ -36,6 +36,11 @@ def start(process_key: str, starter: str, data: dict[str, Any]) -> str:
 
 def ready(instance_id: str) -> list[Task]:
     with transaction() as session:
+        return [t for t in current_tasks(session, instance_id) if t.status == "ready"]
+
+
+def open_tasks(instance_id: str) -> list[Task]:
+    with transaction() as session:
         return current_tasks(session, instance_id)
 
 

@@ -4,6 +4,8 @@ from flask_smorest import Blueprint
 
 from api.context import authenticated, command
 from api.schemas import (
+    CcResultSchema,
+    CcSchema,
     HistorySchema,
     InstanceDetailSchema,
     InstancePageSchema,
@@ -11,6 +13,8 @@ from api.schemas import (
     InstanceSearchArgsSchema,
     ReasonSchema,
     StartInstanceSchema,
+    UrgedSchema,
+    UrgeSchema,
 )
 from engine.services import instances, queries
 
@@ -75,3 +79,21 @@ def cancel(body, instance_id, session, user, actor):
 def history(instance_id, session, user):
     """The instance's append-only history, in order."""
     return {"instance_id": instance_id, "events": queries.history(session, user, instance_id)}
+
+
+@blp.route("/instances/<string:instance_id>/urge", methods=["POST"])
+@blp.arguments(UrgeSchema)
+@blp.response(200, UrgedSchema)
+@command(UrgedSchema)
+def urge(body, instance_id, session, user, actor):
+    """催办: the applicant nudges the current approvers (once an hour per task, else 429)."""
+    return {"urged": instances.urge_instance(session, actor, instance_id, body["message"])}
+
+
+@blp.route("/instances/<string:instance_id>/cc", methods=["POST"])
+@blp.arguments(CcSchema)
+@blp.response(200, CcResultSchema)
+@command(CcResultSchema)
+def cc(body, instance_id, session, user, actor):
+    """抄送: let more people read the instance (applicant or current approvers)."""
+    return {"added": instances.copy_instance(session, actor, instance_id, body["users"], body["note"])}

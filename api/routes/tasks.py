@@ -5,12 +5,16 @@ from flask_smorest import Blueprint
 from api.context import authenticated, command
 from api.routes.instances import instance_detail
 from api.schemas import (
+    AddSignersSchema,
     CompletedSchema,
     CompleteTaskSchema,
+    InstanceDetailSchema,
+    ReturnSchema,
     TaskDetailSchema,
     TaskListArgsSchema,
     TaskPageSchema,
     TaskSchema,
+    TransferSchema,
 )
 from engine.models import Instance
 from engine.services import deployments, queries, tasks
@@ -48,3 +52,39 @@ def complete(body, task_id, session, user, actor):
     task, instance = tasks.complete_task(session, actor, task_id, body["action"], body["comment"],
                                          body["form_data"])
     return {"task": task, "instance": instance_detail(session, instance)}
+
+
+@blp.route("/tasks/<string:task_id>/transfer", methods=["POST"])
+@blp.arguments(TransferSchema)
+@blp.response(200, TaskSchema)
+@command(TaskSchema)
+def transfer(body, task_id, session, user, actor):
+    """转办: hand the task to another active user, who then decides in your place."""
+    return tasks.transfer_task(session, actor, task_id, body["to"], body["reason"])
+
+
+@blp.route("/tasks/<string:task_id>/delegate", methods=["POST"])
+@blp.arguments(TransferSchema)
+@blp.response(200, TaskSchema)
+@command(TaskSchema)
+def delegate(body, task_id, session, user, actor):
+    """委派: ask another user for an opinion; the task returns to you to decide afterwards."""
+    return tasks.delegate_task(session, actor, task_id, body["to"], body["reason"])
+
+
+@blp.route("/tasks/<string:task_id>/add-signers", methods=["POST"])
+@blp.arguments(AddSignersSchema)
+@blp.response(200, TaskSchema)
+@command(TaskSchema)
+def add_signers(body, task_id, session, user, actor):
+    """加签: add approvers before you (they approve first) or after you (they approve after you)."""
+    return tasks.add_signers(session, actor, task_id, body["users"], body["position"], body["reason"])
+
+
+@blp.route("/tasks/<string:task_id>/return", methods=["POST"])
+@blp.arguments(ReturnSchema)
+@blp.response(200, InstanceDetailSchema)
+@command(InstanceDetailSchema)
+def return_(body, task_id, session, user, actor):
+    """退回: send the instance back to a node it passed, or to the applicant; later approvals are redone."""
+    return instance_detail(session, tasks.return_task(session, actor, task_id, body["to"], body["reason"]))

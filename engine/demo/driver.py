@@ -42,7 +42,7 @@ def drive(scenario: Scenario, url: str | None = None, max_steps: int = 100) -> D
     with transaction(url) as session:
         instance = start_instance(session, Actor(scenario.starter, "demo"), scenario.process_key, scenario.data)
         instance_id, status, outcome = instance.id, instance.status, instance.outcome
-        tasks = current_tasks(session, instance_id)
+        tasks = _ready(session, instance_id)
     path: list[str] = []
     visits: dict[str, int] = {}
     for _ in range(max_steps):
@@ -56,9 +56,13 @@ def drive(scenario: Scenario, url: str | None = None, max_steps: int = 100) -> D
             _, instance = complete_task(session, Actor(task.candidates[0], "demo"), task.id, action,
                                         _comment(action), form)
             status, outcome = instance.status, instance.outcome
-            tasks = current_tasks(session, instance_id)
+            tasks = _ready(session, instance_id)
         path.append(task.node_id)
     raise RuntimeError(f"{scenario.title}: still running after {max_steps} steps")
+
+
+def _ready(session, instance_id: str) -> list:
+    return [t for t in current_tasks(session, instance_id) if t.status == "ready"]
 
 
 def _action(scenario: Scenario, node_id: str, allowed: list[str], visit: int) -> str:

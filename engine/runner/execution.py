@@ -10,18 +10,18 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from SpiffWorkflow.bpmn.workflow import BpmnWorkflow
 from SpiffWorkflow.util.task import TaskState
-from sqlalchemy import update
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from engine import operators
+from engine import operators, outbox
 from engine.errors import Conflict
 from engine.history import Actor, HistoryRecorder
-from engine.models import HistoryEvent, Instance, Task, TaskCandidate
+from engine.models import HistoryEvent, Instance, InstanceCc, Task, TaskCandidate
 from engine.org.assignment import resolve_candidates
 from engine.runner.model import NodeInfo, ProcessModel
 from engine.runner.script_engine import FinflowScriptEngine, RestrictedEnvironment
@@ -49,6 +49,8 @@ class InstanceRun:
         self._new_tasks: list[dict[str, Any]] = []
         self._new_candidates: list[dict[str, str]] = []
         self._closed_by_command: set[UUID] = set()
+        self._returned_to_applicant: UUID | None = None  # the node reopened behind the applicant's resubmit
+        self._pending_auto: list[tuple[Any, NodeInfo, str | None, str]] = []
 
     # -- construction -------------------------------------------------------------------------------
 
@@ -71,20 +73,159 @@ class InstanceRun:
     # -- commands -----------------------------------------------------------------------------------
 
     def complete_user_task(self, row: Task, action: str, comment: str | None, form_data: dict[str, Any]) -> None:
-        task = self._task(UUID(row.id))
+        """Apply one approver's decision; the BPMN task completes when its rows say the node is decided."""
+        spiff_task = self._ready_spiff_task(row)
+        actor = self.history.actor.user_id
+        if row.delegation == "pending":
+            self._resolve_delegation(row, action, comment, form_data)
+            return
+        row.status, row.action, row.comment, row.form_data = "completed", action, comment, form_data
+        row.assignee_id, row.completed_at = actor, utcnow()
+        self.history.record("task.completed", {"name": row.name, "action": action, "comment": comment,
+                                               "form_data": form_data, "kind": row.kind},
+                            task_id=row.id, node_id=row.node_id)
+        if row.kind == "resubmit":
+            spiff_task.data.update(form_data)
+            self._activate(self._open_rows(row, status="waiting"))
+            return
+        if action == "reject":
+            self._cancel_rows(self._open_rows(row), "rejected")
+            self._decide_node(spiff_task, row, "reject")
+            return
+        if row.kind == "approval" and row.pending_after:
+            self._add_rows(row, row.pending_after, kind="add_sign")
+            row.pending_after = []
+            return
+        if row.mode == "any" and row.kind == "approval":
+            self._decide_node(spiff_task, row, action)
+            return
+        others = self._open_rows(row)
+        if row.kind == "add_sign" and row.sign_before and not any(o.sign_before for o in others):
+            self._activate([o for o in others if o.status == "waiting" and o.kind == "approval"][:1])
+        elif row.mode == "sequence" and not any(o.status == "ready" for o in others):
+            self._activate([o for o in others if o.status == "waiting"][:1])
+        if not others:
+            self._decide_node(spiff_task, row, action)
+
+    def transfer(self, row: Task, to_user: str, reason: str | None) -> None:
+        """转办: the task now belongs to another person, who decides in the approver's place."""
+        previous = list(row.candidates)
+        self._reassign(row, [to_user])
+        self.history.record("task.transferred", {"from": previous, "to": to_user, "reason": reason},
+                            task_id=row.id, node_id=row.node_id)
+
+    def delegate(self, row: Task, to_user: str, reason: str | None) -> None:
+        """委派: the delegate gives an opinion, then the task comes back to the owner to decide."""
+        row.owner_id, row.delegate_id, row.delegation = self.history.actor.user_id, to_user, "pending"
+        self._reassign(row, [to_user])
+        self.history.record("task.delegated", {"owner": row.owner_id, "delegate": to_user, "reason": reason},
+                            task_id=row.id, node_id=row.node_id)
+
+    def add_signers(self, row: Task, users: list[str], before: bool, reason: str | None) -> None:
+        """加签: extra approvers ahead of the current one (前加签) or after their approval (后加签)."""
+        if before:
+            self._add_rows(row, users, kind="add_sign", sign_before=True)
+            row.status = "waiting"
+        else:
+            row.pending_after = [*row.pending_after, *users]
+        self.history.record("task.signers_added", {"users": users, "position": "before" if before else "after",
+                                                   "reason": reason}, task_id=row.id, node_id=row.node_id)
+
+    def return_to(self, row: Task, target: str, reason: str | None) -> None:
+        """退回: rewind the workflow to an earlier user task (or to the applicant); later approvals redo."""
+        spiff_target = self._first_completed_user_task() if target == "applicant" else self._last_completed(target)
+        self._cancel_rows(self._all_open_rows(), "returned")
+        self.history.record("task.returned", {"to": target, "reason": reason, "from_node": row.node_id},
+                            task_id=row.id, node_id=row.node_id)
+        self._ready_user_tasks.clear()
+        self.workflow.reset_from_task_id(spiff_target.id)
+        if target == "applicant":
+            self._returned_to_applicant = spiff_target.id
+        self.step()
+
+    def urge(self, rows: list[Task], message: str | None) -> None:
+        for row in rows:
+            self.history.record("task.urged", {"message": message, "candidates": row.candidates},
+                                task_id=row.id, node_id=row.node_id)
+
+    def copy_to(self, users: list[str], node_id: str | None, by_actor: bool = True) -> list[str]:
+        """抄送: record readers of the instance; returns those newly added."""
+        existing = set(self.session.scalars(select(InstanceCc.user_id).where(
+            InstanceCc.instance_id == self.instance.id, InstanceCc.user_id.in_(users))))
+        added = [u for u in dict.fromkeys(users) if u not in existing]
+        self.session.add_all(InstanceCc(instance_id=self.instance.id, user_id=u, node_id=node_id,
+                                        added_by=self.history.actor.user_id if by_actor else None,
+                                        created_at=utcnow()) for u in added)
+        if added:
+            self.history.record("instance.cc", {"users": added}, node_id=node_id, by_actor=by_actor)
+        return added
+
+    # -- rows of a node -----------------------------------------------------------------------------
+
+    def _ready_spiff_task(self, row: Task):
+        task = self._task(UUID(row.spiff_task_id))
         if task is None or task.state != TaskState.READY:
             raise Conflict(f"任务「{row.name}」已不在待办状态", {"task_id": row.id})
+        return task
+
+    def _open_rows(self, row: Task, status: str | None = None) -> list[Task]:
+        statuses = [status] if status else ["ready", "waiting"]
+        return list(self.session.scalars(select(Task).where(
+            Task.activation == row.activation, Task.id != row.id, Task.status.in_(statuses))
+            .order_by(Task.position)))
+
+    def _all_open_rows(self) -> list[Task]:
+        return list(self.session.scalars(select(Task).where(
+            Task.instance_id == self.instance.id, Task.status.in_(["ready", "waiting"]))))
+
+    def _activate(self, rows: list[Task]) -> None:
+        for row in rows:
+            row.status = "ready"
+            self.history.record("task.activated", {"candidates": row.candidates}, task_id=row.id,
+                                node_id=row.node_id, by_actor=False)
+
+    def _cancel_rows(self, rows: list[Task], reason: str) -> None:
+        for row in rows:
+            row.status, row.completed_at = "cancelled", utcnow()
+            self.history.record("task.cancelled", {"reason": reason}, task_id=row.id, node_id=row.node_id,
+                                by_actor=False)
+
+    def _reassign(self, row: Task, users: list[str]) -> None:
+        row.candidates = users
+        self.session.execute(delete(TaskCandidate).where(TaskCandidate.task_id == row.id))
+        self.session.add_all(TaskCandidate(task_id=row.id, user_id=u) for u in users)
+
+    def _resolve_delegation(self, row: Task, action: str, comment: str | None, form: dict[str, Any]) -> None:
+        row.delegation = "resolved"
+        self._reassign(row, [row.owner_id])
+        self.history.record("task.delegation_resolved", {"delegate": row.delegate_id, "opinion": action,
+                                                         "comment": comment, "form_data": form},
+                            task_id=row.id, node_id=row.node_id)
+
+    def _add_rows(self, row: Task, users: list[str], kind: str, sign_before: bool = False) -> None:
+        for offset, user in enumerate(users):
+            self._new_row(row.spiff_task_id, row.activation, self.model.nodes[row.node_id], [user],
+                          kind=kind, mode="all", position=row.position * 100 + offset + 1,
+                          sign_before=sign_before)
+
+    def _decide_node(self, spiff_task, row: Task, action: str) -> None:
         node = row.node_id
-        task.data.update(form_data)
-        task.data.update({"decision": action, f"{node}_decision": action, f"{node}_by": self.history.actor.user_id,
-                          f"{node}_comment": comment or ""})
-        row.status, row.action, row.comment = "completed", action, comment
-        row.assignee_id, row.completed_at = self.history.actor.user_id, utcnow()
-        self._closed_by_command.add(task.id)
-        self.history.record("task.completed", {"name": row.name, "action": action, "comment": comment,
-                                               "form_data": form_data}, task_id=row.id, node_id=node)
-        task.run()
+        rows = [row] if row.mode == "any" and row.kind == "approval" else self._decided_rows(row)
+        for decided in rows:
+            spiff_task.data.update(decided.form_data or {})
+        spiff_task.data.update({"decision": action, f"{node}_decision": action,
+                                f"{node}_by": self.history.actor.user_id, f"{node}_comment": row.comment or "",
+                                "last_approver": self.history.actor.user_id})
+        self._closed_by_command.add(spiff_task.id)
+        self._ready_user_tasks.discard(spiff_task.id)
+        spiff_task.run()
         self.step()
+
+    def _decided_rows(self, row: Task) -> list[Task]:
+        rows = list(self.session.scalars(select(Task).where(Task.activation == row.activation,
+                                                            Task.status == "completed")
+                                         .order_by(Task.completed_at)))
+        return rows if row in rows else [*rows, row]
 
     def terminate(self, status: str, reason: str | None) -> None:
         """Withdraw or cancel: end the workflow where it stands and close its open tasks."""
@@ -97,16 +238,20 @@ class InstanceRun:
     # -- stepping -----------------------------------------------------------------------------------
 
     def step(self) -> None:
-        try:
-            with operators.bound(operators.OperatorContext(self.session, self.instance.id, self._record_system)):
-                self.workflow.do_engine_steps()
-        except SQLAlchemyError:
-            raise
-        except Exception as exc:  # a bad expression or failing service fails this instance, not the server
+        while True:
+            try:
+                with operators.bound(operators.OperatorContext(self.session, self.instance.id,
+                                                               self._record_system)):
+                    self.workflow.do_engine_steps()
+            except SQLAlchemyError:
+                raise
+            except Exception as exc:  # a bad expression or failing service fails this instance, not the server
+                self._observe()
+                self._fail(exc)
+                return
             self._observe()
-            self._fail(exc)
-            return
-        self._observe()
+            if self.instance.status == "failed" or not self._run_auto_decisions():
+                break
         if self.workflow.is_completed():
             self._finish()
 
@@ -155,25 +300,90 @@ class InstanceRun:
 
     def _open_user_task(self, task) -> None:
         node = self.model.nodes[task.task_spec.bpmn_id]
+        self._ready_user_tasks.add(task.id)
         candidates = resolve_candidates(self.session, node.assignment, self.instance.starter_id, task.data)
         if not candidates:
-            raise_empty = f"{node.name}（{node.id}）审批人为空：{node.assignment} 没有可用的在职人员"
-            self._fail(RuntimeError(raise_empty), node_id=node.id)
+            candidates = self._when_nobody(node, task)
+            if not candidates:
+                return
+        if node.cc:
+            cc = resolve_candidates(self.session, node.cc, self.instance.starter_id, task.data)
+            self.copy_to(cc, node.id, by_actor=False)
+        previous = task.data.get("last_approver")
+        if node.dedupe and previous in candidates and self._returned_to_applicant != task.id:
+            self._auto_decide(task, node, previous, "与上一节点审批人相同，自动通过")
             return
-        row_id = str(task.id)
+        activation = uuid4().hex
+        waiting = self._returned_to_applicant == task.id
+        groups = [candidates] if node.mode == "any" else [[c] for c in candidates]
+        for position, users in enumerate(groups):
+            status = "waiting" if waiting or (node.mode == "sequence" and position > 0) else "ready"
+            self._new_row(str(task.id), activation, node, users, mode=node.mode, position=position, status=status)
+        if waiting:
+            start_form = self.model.start_form or ""
+            self._new_row(str(task.id), activation, node, [self.instance.starter_id], kind="resubmit",
+                          mode="all", position=-1, name="申请人修改", form_key=start_form, actions=["submit"])
+
+    def _new_row(self, spiff_task_id: str, activation: str, node: NodeInfo, users: list[str], *, kind="approval",
+                 mode="any", position=0, status="ready", sign_before=False, name=None, form_key=None,
+                 actions=None) -> None:
+        row_id = str(uuid4())
+        name = name or (node.name if kind == "approval" else f"{node.name}（加签）")
         self._new_tasks.append({
-            "id": row_id, "instance_id": self.instance.id, "process_key": self.model.key, "node_id": node.id,
-            "name": node.name, "status": "ready", "assignment": node.assignment, "candidates": candidates,
-            "form_key": node.form_key, "actions": list(node.actions), "created_at": utcnow(),
+            "id": row_id, "spiff_task_id": spiff_task_id, "activation": activation, "kind": kind, "mode": mode,
+            "position": position, "sign_before": sign_before, "pending_after": [],
+            "instance_id": self.instance.id, "process_key": self.model.key, "node_id": node.id,
+            "name": name, "status": status, "assignment": node.assignment, "candidates": users,
+            "form_key": form_key if form_key is not None else node.form_key,
+            "actions": actions or ([a for a in node.actions if a != "submit"] or ["approve"]
+                                   if kind == "add_sign" else list(node.actions)),
+            "created_at": utcnow(),
         })
-        self._new_candidates.extend({"task_id": row_id, "user_id": c} for c in candidates)
-        self._ready_user_tasks.add(task.id)
-        self.history.record("task.created", {"name": node.name}, task_id=row_id, node_id=node.id, by_actor=False)
-        self.history.record("task.assigned", {"assignment": node.assignment, "candidates": candidates},
+        self._new_candidates.extend({"task_id": row_id, "user_id": u} for u in users)
+        self.history.record("task.created", {"name": name, "kind": kind, "status": status}, task_id=row_id,
+                            node_id=node.id, by_actor=False)
+        self.history.record("task.assigned", {"assignment": node.assignment, "candidates": users},
                             task_id=row_id, node_id=node.id, by_actor=False)
 
+    def _when_nobody(self, node: NodeInfo, task) -> list[str]:
+        """审批人为空: fail (default), skip the node, or hand it to a role — never a silent hang."""
+        if node.on_empty == "skip":
+            self._auto_decide(task, node, None, f"{node.assignment} 无可用审批人，按配置跳过")
+            return []
+        if node.on_empty.startswith("role:"):
+            role = node.on_empty.removeprefix("role:")
+            users = resolve_candidates(self.session, f"role({role})", self.instance.starter_id, task.data)
+            if users:
+                self.history.record("task.escalated", {"reason": "审批人为空", "role": role, "candidates": users},
+                                    node_id=node.id, by_actor=False)
+                return users
+        message = f"{node.name}（{node.id}）审批人为空：{node.assignment} 没有可用的在职人员"
+        self._fail(RuntimeError(message), node_id=node.id)
+        return []
+
+    def _auto_decide(self, task, node: NodeInfo, user: str | None, reason: str) -> None:
+        """Approve a node without a person acting (skip when nobody, or the same approver again)."""
+        self._pending_auto.append((task, node, user, reason))
+
+    def _run_auto_decisions(self) -> bool:
+        ran = False
+        while self._pending_auto:
+            task, node, user, reason = self._pending_auto.pop(0)
+            if task.state != TaskState.READY:
+                continue
+            task.data.update({"decision": "approve", f"{node.id}_decision": "approve", f"{node.id}_by": user,
+                              f"{node.id}_comment": reason})
+            self.history.record("task.auto_approved", {"reason": reason, "as": user}, node_id=node.id,
+                                by_actor=False)
+            self._closed_by_command.add(task.id)
+            self._ready_user_tasks.discard(task.id)
+            task.run()
+            ran = True
+        return ran
+
     def _close_vanished_tasks(self) -> None:
-        """User tasks that stopped being ready without a completion (countersign ended early, withdrawal)."""
+        """Rows whose BPMN task stopped being ready without a decision here (countersign ended early,
+        withdrawal, a parallel branch rejected)."""
         for task_id in list(self._ready_user_tasks):
             task = self._task(task_id)
             if task is not None and task.state == TaskState.READY:
@@ -181,14 +391,16 @@ class InstanceRun:
             self._ready_user_tasks.discard(task_id)
             if task_id in self._closed_by_command:
                 continue
-            row_id = str(task_id)
-            if any(t["id"] == row_id for t in self._new_tasks):
-                self._new_tasks = [t for t in self._new_tasks if t["id"] != row_id]
-                self._new_candidates = [c for c in self._new_candidates if c["task_id"] != row_id]
-            else:
-                self.session.execute(update(Task).where(Task.id == row_id, Task.status == "ready")
-                                     .values(status="cancelled", completed_at=utcnow()))
-            self.history.record("task.cancelled", {}, task_id=row_id,
+            spiff_id = str(task_id)
+            vanished_new = [t for t in self._new_tasks if t["spiff_task_id"] == spiff_id]
+            if vanished_new:
+                ids = {t["id"] for t in vanished_new}
+                self._new_tasks = [t for t in self._new_tasks if t["id"] not in ids]
+                self._new_candidates = [c for c in self._new_candidates if c["task_id"] not in ids]
+            self.session.execute(update(Task).where(Task.spiff_task_id == spiff_id,
+                                                    Task.status.in_(["ready", "waiting"]))
+                                 .values(status="cancelled", completed_at=utcnow()))
+            self.history.record("task.cancelled", {}, task_id=None,
                                 node_id=task.task_spec.bpmn_id if task else None, by_actor=False)
 
     def _finish(self) -> None:
@@ -231,6 +443,7 @@ class InstanceRun:
             connection.execute(TaskCandidate.__table__.insert(), self._new_candidates)
         if history:
             connection.execute(HistoryEvent.__table__.insert(), history)
+            outbox.record(self.session, self.instance, history)
 
     # -- helpers ------------------------------------------------------------------------------------
 
@@ -238,6 +451,18 @@ class InstanceRun:
         node = self.model.nodes.get(task.task_spec.bpmn_id or "")
         return node is not None and node.kind == "userTask" and not task.task_spec.__class__.__name__.endswith(
             "MultiInstanceTask")
+
+    def completed_user_tasks(self) -> list:
+        """User tasks this instance has completed, oldest first (multi-instance children excluded)."""
+        done = [t for t in self._all_tasks() if t.state == TaskState.COMPLETED and self._is_user_task(t)
+                and not t.task_spec.name.endswith("[child]")]
+        return sorted(done, key=lambda t: t.last_state_change)
+
+    def _last_completed(self, node_id: str):
+        return next(t for t in reversed(self.completed_user_tasks()) if t.task_spec.bpmn_id == node_id)
+
+    def _first_completed_user_task(self):
+        return self.completed_user_tasks()[0]
 
     def _all_tasks(self) -> list:
         """Every task of the instance, read from the id maps (much cheaper than walking the tree)."""

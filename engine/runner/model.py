@@ -29,6 +29,7 @@ NS = {"bpmn": BPMN_NS, "spiffworkflow": SPIFF_NS}
 DEFAULT_ACTIONS = ("approve", "reject")
 EMPTY_FORM: dict[str, Any] = {"type": "object", "properties": {}, "additionalProperties": False}
 KNOWN_ACTIONS = {"approve", "reject", "submit"}
+MODES = ("any", "all", "sequence")
 
 # Hostile uploads: no entity expansion, no DTD or network fetches, bounded trees.
 _SAFE_XML = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False,
@@ -49,6 +50,26 @@ class NodeInfo:
     @property
     def form_key(self) -> str | None:
         return self.properties.get("finflow.form")
+
+    @property
+    def mode(self) -> str:
+        """any (或签, one candidate decides), all (会签, everyone approves), sequence (依次)."""
+        return self.properties.get("finflow.mode", "any")
+
+    @property
+    def on_empty(self) -> str:
+        """When nobody can be assigned: fail (default), skip, or role:<role> to hand the task to a role."""
+        return self.properties.get("finflow.on_empty", "fail")
+
+    @property
+    def dedupe(self) -> bool:
+        """Auto-approve when the approver of the previous node is a candidate here (去重)."""
+        return self.properties.get("finflow.dedupe", "false").lower() == "true"
+
+    @property
+    def cc(self) -> str | None:
+        """An assignment expression of people copied (抄送) when the node is reached."""
+        return self.properties.get("finflow.cc")
 
     @property
     def actions(self) -> tuple[str, ...]:
@@ -178,6 +199,15 @@ def _check_nodes(model: ProcessModel, forms: dict[str, Any], filename: str) -> N
             raise _node_error(filename, node.id, str(exc)) from exc
         if not node.form_key or node.form_key not in forms:
             raise _node_error(filename, node.id, f"form '{node.form_key}' is not in the deployment")
+        if node.mode not in MODES:
+            raise _node_error(filename, node.id, f"finflow.mode '{node.mode}' is not one of {', '.join(MODES)}")
+        if not (node.on_empty in ("fail", "skip") or node.on_empty.startswith("role:")):
+            raise _node_error(filename, node.id, f"finflow.on_empty '{node.on_empty}': use fail, skip or role:<role>")
+        for expression in filter(None, [node.cc, node.on_empty.removeprefix("role:") and None]):
+            try:
+                parse_assignment(expression)
+            except AssignmentError as exc:
+                raise _node_error(filename, node.id, f"finflow.cc: {exc}") from exc
         bad = set(node.actions) - KNOWN_ACTIONS
         if bad:
             raise _node_error(filename, node.id, f"unknown actions {sorted(bad)}; use approve, reject, submit")

@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from engine.errors import Conflict, Forbidden, InvalidInput, NotFound
+from engine.errors import Conflict, Forbidden, InvalidInput, NotFound, TooManyRequests
 from engine.history import Actor
-from engine.models import Instance, ProcessDefinition, ProcessVersion, User
+from engine.models import HistoryEvent, Instance, ProcessDefinition, ProcessVersion, Task, User
 from engine.runner.execution import InstanceRun, utcnow
 from engine.services.deployments import model_for
 from engine.services.forms import validate_form
+from engine.services.queries import current_tasks
 
 BUSINESS_KEY_PREFIX = {"reimbursement": "BX", "payment": "FK", "contract": "HT"}
 CANCEL_ROLES = {"admin"}
+URGE_INTERVAL = timedelta(hours=1)
 
 
 def start_instance(session: Session, actor: Actor, process_key: str, data: dict[str, Any],
@@ -56,10 +59,77 @@ def lock_instance(session: Session, instance_id: str) -> Instance:
 
 
 def withdraw_instance(session: Session, actor: Actor, instance_id: str, reason: str | None) -> Instance:
+    """撤回: the applicant takes the request back while no approver has acted on it yet, or while it is
+    back in the applicant's own hands (returned or rejected to them)."""
     instance = lock_instance(session, instance_id)
     if instance.starter_id != actor.user_id:
         raise Forbidden("只有申请人可以撤回申请", {"instance_id": instance_id})
+    if instance.status == "running" and _approved_since_submission(session, instance) \
+            and not _in_applicants_hands(session, instance):
+        raise Conflict("已有审批人同意，不能直接撤回；请联系当前审批人退回后再撤回",
+                       {"instance_id": instance_id}, code="withdraw_not_allowed")
     return _terminate(session, actor, instance, "withdrawn", reason)
+
+
+def urge_instance(session: Session, actor: Actor, instance_id: str, message: str | None) -> list[Task]:
+    """催办: the applicant nudges the current approvers, at most once an hour per task."""
+    instance = lock_instance(session, instance_id)
+    if instance.starter_id != actor.user_id:
+        raise Forbidden("只有申请人可以催办", {"instance_id": instance_id})
+    if instance.status != "running":
+        raise Conflict(f"流程实例已结束（{instance.status}），无需催办", {"instance_id": instance_id})
+    tasks = [t for t in current_tasks(session, instance_id) if t.status == "ready"]
+    since = utcnow() - URGE_INTERVAL
+    recent = {e.task_id: e.at for e in session.scalars(select(HistoryEvent).where(
+        HistoryEvent.instance_id == instance_id, HistoryEvent.type == "task.urged", HistoryEvent.at >= since))}
+    due = [t for t in tasks if t.id not in recent]
+    if not due:
+        wait = min((recent[t.id] + URGE_INTERVAL - utcnow()).total_seconds() for t in tasks) if tasks else 3600
+        raise TooManyRequests("每个任务每小时只能催办一次，请稍后再试", retry_after=max(1, int(wait) + 1),
+                              details={"instance_id": instance_id})
+    run = InstanceRun.load(session, instance, model_for(session, instance.version_id), actor)
+    run.urge(due, message)
+    run.save()
+    return due
+
+
+def copy_instance(session: Session, actor: Actor, instance_id: str, users: list[str], note: str | None) -> list[str]:
+    """抄送 added by the applicant or a current approver: the people may read the instance, not act."""
+    instance = lock_instance(session, instance_id)
+    approvers = {c for t in current_tasks(session, instance_id) for c in t.candidates}
+    if actor.user_id != instance.starter_id and actor.user_id not in approvers:
+        raise Forbidden("只有申请人或当前审批人可以抄送", {"instance_id": instance_id})
+    users = list(dict.fromkeys(users))
+    active = set(session.scalars(select(User.id).where(User.id.in_(users), User.active.is_(True))))
+    missing = [u for u in users if u not in active]
+    if not users or missing:
+        raise InvalidInput(f"用户不存在或已停用：{', '.join(missing)}" if missing else "users is required",
+                           {"fields": {"users": [f"unknown or inactive users: {missing}" if missing
+                                                 else "at least one user is required"]}})
+    run = InstanceRun.load(session, instance, model_for(session, instance.version_id), actor)
+    added = run.copy_to(users, None)
+    run.save()
+    return added
+
+
+def _approved_since_submission(session: Session, instance: Instance) -> bool:
+    """Has an approver said yes since the applicant last (re)submitted?"""
+    events = session.execute(select(HistoryEvent.type, HistoryEvent.payload, HistoryEvent.actor_id).where(
+        HistoryEvent.instance_id == instance.id,
+        HistoryEvent.type.in_(["task.completed", "task.returned"])).order_by(HistoryEvent.seq)).all()
+    approved = False
+    for type_, payload, actor_id in events:
+        resubmitted = type_ == "task.completed" and payload.get("action") == "submit"
+        if resubmitted or (type_ == "task.returned" and payload.get("to") == "applicant"):
+            approved = False
+        elif type_ == "task.completed" and payload.get("action") == "approve" and actor_id != instance.starter_id:
+            approved = True
+    return approved
+
+
+def _in_applicants_hands(session: Session, instance: Instance) -> bool:
+    tasks = [t for t in current_tasks(session, instance.id) if t.status == "ready"]
+    return bool(tasks) and all(t.candidates == [instance.starter_id] for t in tasks)
 
 
 def cancel_instance(session: Session, actor: Actor, instance_id: str, reason: str | None) -> Instance:

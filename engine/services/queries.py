@@ -15,7 +15,7 @@ from sqlalchemy import Select, exists, func, select
 from sqlalchemy.orm import Session
 
 from engine.errors import Forbidden, NotFound
-from engine.models import HistoryEvent, Instance, Task, TaskCandidate, User
+from engine.models import HistoryEvent, Instance, InstanceCc, Task, TaskCandidate, User
 
 LOCAL_ZONE = ZoneInfo("Asia/Shanghai")
 WIDE_SCOPE_ROLES = {"admin", "auditor", "finance", "cfo", "gm", "cashier"}
@@ -42,7 +42,8 @@ def scope_instances(stmt: Select, viewer: User) -> Select:
         return stmt
     involved = exists().where(Task.instance_id == Instance.id, TaskCandidate.task_id == Task.id,
                               TaskCandidate.user_id == viewer.id)
-    return stmt.where((Instance.starter_id == viewer.id) | involved)
+    copied = exists().where(InstanceCc.instance_id == Instance.id, InstanceCc.user_id == viewer.id)
+    return stmt.where((Instance.starter_id == viewer.id) | involved | copied)
 
 
 def get_instance(session: Session, viewer: User, instance_id: str) -> Instance:
@@ -97,8 +98,10 @@ def get_task(session: Session, viewer: User, task_id: str) -> Task:
 
 
 def current_tasks(session: Session, instance_id: str) -> list[Task]:
-    return list(session.scalars(select(Task).where(Task.instance_id == instance_id, Task.status == "ready")
-                                .order_by(Task.created_at)))
+    """Open rows of an instance: ready ones, and waiting ones (behind an add-signer or a sequence)."""
+    return list(session.scalars(select(Task).where(Task.instance_id == instance_id,
+                                                   Task.status.in_(["ready", "waiting"]))
+                                .order_by(Task.created_at, Task.position)))
 
 
 def history(session: Session, viewer: User, instance_id: str) -> list[HistoryEvent]:

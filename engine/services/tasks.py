@@ -1,4 +1,8 @@
-"""Completing human tasks: the command an API call, a WeCom click and an OA callback all end in."""
+"""Commands on human tasks: the one path an API call, a WeCom click and an OA callback all end in.
+
+complete (同意/驳回/提交), transfer (转办), delegate (委派), add signers (加签) and return (退回). Every
+command locks the instance, checks that the caller is a current approver, and records itself in history.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,9 @@ from sqlalchemy.orm import Session
 
 from engine.errors import Conflict, Forbidden, InvalidInput, NotFound
 from engine.history import Actor
-from engine.models import Instance, ProcessVersion, Task
+from engine.models import Instance, ProcessVersion, Task, User
 from engine.runner.execution import InstanceRun
+from engine.runner.model import ProcessModel
 from engine.services.deployments import model_for
 from engine.services.forms import validate_form
 
@@ -19,6 +24,70 @@ ACTION_LABELS = {"approve": "同意", "reject": "驳回", "submit": "提交"}
 
 def complete_task(session: Session, actor: Actor, task_id: str, action: str, comment: str | None = None,
                   form_data: dict[str, Any] | None = None) -> tuple[Task, Instance]:
+    instance, task, model = _load_actionable(session, actor, task_id)
+    if action not in task.actions:
+        raise InvalidInput(f"action must be one of {task.actions}", {"fields": {"action": [
+            f"'{action}' is not allowed here; allowed: {', '.join(task.actions)}"]}})
+    form_data = validate_form(model.form(task.form_key), form_data or {}, "form_data")
+    run = InstanceRun.load(session, instance, model, actor)
+    run.complete_user_task(task, action, comment, form_data)
+    run.save()
+    return task, instance
+
+
+def transfer_task(session: Session, actor: Actor, task_id: str, to_user: str, reason: str | None) -> Task:
+    instance, task, model = _load_actionable(session, actor, task_id)
+    _require_active_users(session, [to_user], "to")
+    if to_user in task.candidates:
+        raise InvalidInput(f"{to_user} 已是该任务的审批人", {"fields": {"to": ["already on the task"]}})
+    _run(session, instance, model, actor, lambda run: run.transfer(task, to_user, reason))
+    return task
+
+
+def delegate_task(session: Session, actor: Actor, task_id: str, to_user: str, reason: str | None) -> Task:
+    instance, task, model = _load_actionable(session, actor, task_id)
+    if task.delegation == "pending":
+        raise Conflict("任务已委派，等待被委派人处理", {"task_id": task_id, "delegate": task.delegate_id})
+    _require_active_users(session, [to_user], "to")
+    if to_user == actor.user_id:
+        raise InvalidInput("不能委派给自己", {"fields": {"to": ["is yourself"]}})
+    _run(session, instance, model, actor, lambda run: run.delegate(task, to_user, reason))
+    return task
+
+
+def add_signers(session: Session, actor: Actor, task_id: str, users: list[str], position: str,
+                reason: str | None) -> Task:
+    instance, task, model = _load_actionable(session, actor, task_id)
+    if task.delegation == "pending":
+        raise Conflict("任务已委派，等待被委派人处理", {"task_id": task_id})
+    users = list(dict.fromkeys(users))
+    _require_active_users(session, users, "users")
+    on_task = {user for candidates in session.scalars(select(Task.candidates).where(
+        Task.activation == task.activation, Task.status.in_(["ready", "waiting"]))) for user in candidates}
+    already = sorted(set(users) & (on_task | set(task.pending_after)))
+    if already:
+        raise InvalidInput(f"{', '.join(already)} 已在该任务上",
+                           {"fields": {"users": [f"already on the task: {already}"]}})
+    _run(session, instance, model, actor, lambda run: run.add_signers(task, users, position == "before", reason))
+    return task
+
+
+def return_task(session: Session, actor: Actor, task_id: str, to: str, reason: str | None) -> Instance:
+    instance, task, model = _load_actionable(session, actor, task_id)
+    run = InstanceRun.load(session, instance, model, actor)
+    visited = {t.task_spec.bpmn_id for t in run.completed_user_tasks()}
+    if to != "applicant" and to not in visited:
+        raise InvalidInput(f"不能退回到未经过的节点 {to}", {"fields": {"to": [
+            f"'{to}' was never completed in this instance; visited: {sorted(visited)} or 'applicant'"]}})
+    if not visited:
+        raise InvalidInput("尚无已完成的审批节点，无法退回", {"fields": {"to": ["nothing to return to"]}})
+    run.return_to(task, to, reason)
+    run.save()
+    return instance
+
+
+def _load_actionable(session: Session, actor: Actor, task_id: str) -> tuple[Instance, Task, ProcessModel]:
+    """Lock the task's instance, then check the caller may act on the task now."""
     locked = session.execute(
         select(Instance, ProcessVersion.content_hash).join(Task, Task.instance_id == Instance.id)
         .join(ProcessVersion, ProcessVersion.id == Instance.version_id).where(Task.id == task_id)
@@ -27,7 +96,7 @@ def complete_task(session: Session, actor: Actor, task_id: str, action: str, com
         raise NotFound(f"任务 {task_id} 不存在", {"task_id": task_id})
     instance, content_hash = locked
     task = session.get(Task, task_id, populate_existing=True)  # read after the lock: the current status
-    if task.status != "ready":
+    if task.status in ("completed", "cancelled"):
         raise Conflict(f"任务「{task.name}」已{'处理' if task.status == 'completed' else '取消'}，不能重复操作",
                        {"task_id": task_id, "status": task.status, "completed_by": task.assignee_id})
     if instance.status != "running":
@@ -35,12 +104,23 @@ def complete_task(session: Session, actor: Actor, task_id: str, action: str, com
                                                                         "status": instance.status})
     if actor.user_id not in task.candidates:
         raise Forbidden(f"您不是任务「{task.name}」的审批人", {"task_id": task_id})
-    if action not in task.actions:
-        raise InvalidInput(f"action must be one of {task.actions}", {"fields": {"action": [
-            f"'{action}' is not allowed here; allowed: {', '.join(task.actions)}"]}})
-    model = model_for(session, instance.version_id, content_hash)
-    form_data = validate_form(model.form(task.form_key), form_data or {}, "form_data")
+    if task.status == "waiting":
+        raise Conflict(f"任务「{task.name}」尚未轮到您处理（等待加签人或前序审批人）", {"task_id": task_id,
+                                                                                    "status": task.status})
+    return instance, task, model_for(session, instance.version_id, content_hash)
+
+
+def _run(session: Session, instance: Instance, model: ProcessModel, actor: Actor, command) -> None:
     run = InstanceRun.load(session, instance, model, actor)
-    run.complete_user_task(task, action, comment, form_data)
+    command(run)
     run.save()
-    return task, instance
+
+
+def _require_active_users(session: Session, users: list[str], field: str) -> None:
+    if not users:
+        raise InvalidInput(f"{field} is required", {"fields": {field: ["at least one user is required"]}})
+    active = set(session.scalars(select(User.id).where(User.id.in_(users), User.active.is_(True))))
+    missing = [u for u in users if u not in active]
+    if missing:
+        raise InvalidInput(f"用户不存在或已停用：{', '.join(missing)}", {"fields": {field: [
+            f"unknown or inactive users: {missing}"]}})
