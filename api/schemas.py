@@ -92,6 +92,7 @@ class TaskSchema(Schema):
     comment = fields.String(allow_none=True)
     created_at = fields.DateTime()
     due_at = fields.DateTime(allow_none=True)
+    overdue = fields.Boolean(metadata={"description": "open and past its due time"})
     completed_at = fields.DateTime(allow_none=True)
 
 
@@ -144,6 +145,7 @@ class TaskListArgsSchema(PageArgsSchema):
     mine = fields.Boolean(load_default=False)
     instance_id = fields.String()
     status = fields.String(validate=validate.OneOf(["ready", "waiting", "completed", "cancelled"]))
+    overdue = fields.Boolean(load_default=False, metadata={"description": "only open tasks past their due time"})
 
 
 class TaskPageSchema(Schema):

@@ -7,12 +7,12 @@ transaction as the instance update that moves `Instance.last_seq` forward.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from engine import clock
 from engine.models import HistoryEvent, Instance
 
 
@@ -46,7 +46,7 @@ class HistoryRecorder:
 
     def take_rows(self) -> list[dict[str, Any]]:
         """The collected events as rows numbered after the instance's last one; advances `last_seq`."""
-        now = datetime.now(UTC)
+        now = clock.now()
         first = self.instance.last_seq + 1
         rows = [{**event, "instance_id": self.instance.id, "seq": first + i, "at": now}
                 for i, event in enumerate(self.events)]

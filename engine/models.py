@@ -199,6 +199,13 @@ class Task(Base):
     completed_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
 
 
+    @property
+    def overdue(self) -> bool:
+        from engine import clock
+
+        return self.status in ("ready", "waiting") and self.due_at is not None and self.due_at < clock.now()
+
+
 class TaskCandidate(Base):
     __tablename__ = "task_candidates"
     task_id: Mapped[str] = mapped_column(ForeignKey("tasks.id"), primary_key=True)
@@ -222,6 +229,28 @@ class HistoryEvent(Base):
     task_id: Mapped[str | None] = mapped_column(String(36))
     node_id: Mapped[str | None] = mapped_column(String(128))
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class Timer(Base):
+    """A BPMN timer an instance waits on: the durable schedule behind rq's delayed jobs and the sweep.
+
+    `due_at` is when the diagram says the timer is due; `fire_at` is when finflow fires it, later than
+    `due_at` for reminders that fall in quiet hours.
+    """
+
+    __tablename__ = "timers"
+    __table_args__ = (Index("ix_timers_status_fire_at", "status", "fire_at"),
+                      UniqueConstraint("spiff_task_id", "due_at"))
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    instance_id: Mapped[str] = mapped_column(ForeignKey("instances.id"), index=True)
+    spiff_task_id: Mapped[str] = mapped_column(String(36))
+    node_id: Mapped[str] = mapped_column(String(128))
+    attached_to: Mapped[str | None] = mapped_column(String(128))  # the user task of a boundary timer
+    interrupting: Mapped[bool] = mapped_column(Boolean, default=False)
+    due_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    fire_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending | fired | cancelled
+    fired_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
 
 
 class InstanceCc(Base):

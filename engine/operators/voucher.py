@@ -6,12 +6,12 @@ the budget's used amount grows by the payment. Running twice for one instance re
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import select
 
+from engine import clock
 from engine.models import Budget, Voucher
 from engine.operators import OperatorContext, operator
 
@@ -27,7 +27,7 @@ def generate_voucher(ctx: OperatorContext, amount: Any, budget_line: str, summar
     if budget is None:
         raise LookupError(f"budget line {budget_line} not found")
     value = Decimal(str(amount)).quantize(Decimal("0.01"))
-    now = datetime.now(UTC)
+    now = clock.now()
     lines = [
         {"account": budget.expense_account, "account_name": budget.expense_account_name,
          "summary": summary, "debit": str(value), "credit": "0.00"},

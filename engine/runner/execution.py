@@ -12,16 +12,17 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID, uuid4
 
+from SpiffWorkflow.bpmn.specs.event_definitions.timer import TimerEventDefinition
 from SpiffWorkflow.bpmn.workflow import BpmnWorkflow
 from SpiffWorkflow.util.task import TaskState
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from engine import operators, outbox
+from engine import clock, operators, outbox, timers
 from engine.errors import Conflict
 from engine.history import Actor, HistoryRecorder
-from engine.models import HistoryEvent, Instance, InstanceCc, Task, TaskCandidate
+from engine.models import HistoryEvent, Instance, InstanceCc, Task, TaskCandidate, Timer
 from engine.org.assignment import resolve_candidates
 from engine.runner.model import NodeInfo, ProcessModel
 from engine.runner.script_engine import FinflowScriptEngine, RestrictedEnvironment
@@ -32,7 +33,7 @@ _DEFINITE = TaskState.READY | TaskState.STARTED | TaskState.WAITING | TaskState.
 
 
 def utcnow() -> datetime:
-    return datetime.now(UTC)
+    return clock.now()
 
 
 class InstanceRun:
@@ -51,6 +52,7 @@ class InstanceRun:
         self._closed_by_command: set[UUID] = set()
         self._returned_to_applicant: UUID | None = None  # the node reopened behind the applicant's resubmit
         self._pending_auto: list[tuple[Any, NodeInfo, str | None, str]] = []
+        self._had_timers = bool(self.workflow.event_manager.tasks)
 
     # -- construction -------------------------------------------------------------------------------
 
@@ -159,6 +161,36 @@ class InstanceRun:
         if added:
             self.history.record("instance.cc", {"users": added}, node_id=node_id, by_actor=by_actor)
         return added
+
+    def fire_timers(self, due: list[Timer]) -> int:
+        """Let SpiffWorkflow see the instance's due timers; returns how many fired.
+
+        SpiffWorkflow fires every timer whose time has passed when it refreshes, so all due timers of the
+        instance are prepared together: a timeout that decides the task sets the decision first.
+        """
+        fired = []
+        for timer in due:
+            task = self._task(UUID(timer.spiff_task_id))
+            if task is None or task.state != TaskState.WAITING:
+                timer.status = "cancelled"
+                continue
+            node = self.model.nodes[timer.node_id]
+            if node.timeout_action in ("approve", "reject") and timer.attached_to:
+                attached = timer.attached_to
+                task.data.update({"decision": node.timeout_action, f"{attached}_decision": node.timeout_action,
+                                  f"{attached}_by": None, f"{attached}_comment": "超时自动处理"})
+            timer.status, timer.fired_at = "fired", utcnow()
+            self.history.record("timer.fired", {"name": node.name, "due_at": timer.due_at.isoformat(),
+                                                "attached_to": timer.attached_to,
+                                                "timeout_action": node.timeout_action},
+                                node_id=node.id, by_actor=False)
+            if node.kind == "boundaryEvent" and not timer.interrupting:
+                self._after_boundary_timer(node)
+            fired.append(timer)
+        if fired:
+            self.workflow.refresh_timers()
+            self.step()
+        return len(fired)
 
     # -- rows of a node -----------------------------------------------------------------------------
 
@@ -287,6 +319,24 @@ class InstanceRun:
             spec = task.task_spec
             payload.update(operator=spec.operation_name, result=task.data.get(spec.result_variable))
         self.history.record(kind, payload, node_id=node.id, by_actor=False)
+
+    def _after_boundary_timer(self, node: NodeInfo) -> None:
+        """A boundary timer on a user task fired: remind its approvers, or escalate to a role (催办/升级)."""
+        attached = node.properties.get("attachedToRef")
+        rows = [r for r in self._all_open_rows() if r.node_id == attached]
+        action = node.timeout_action or ""
+        if action.startswith("role:"):
+            users = resolve_candidates(self.session, f"role({action.removeprefix('role:')})",
+                                       self.instance.starter_id, {})
+            for row in rows:
+                if users:
+                    self._reassign(row, users)
+                    self.history.record("task.escalated", {"reason": "超时升级", "to": users}, task_id=row.id,
+                                        node_id=attached, by_actor=False)
+        elif node.properties.get("cancelActivity", "true") == "false":
+            for row in rows:
+                self.history.record("task.reminded", {"candidates": row.candidates, "reason": "超时提醒"},
+                                    task_id=row.id, node_id=attached, by_actor=False)
 
     def _taken_flows(self, task, node: NodeInfo) -> list[dict[str, Any]]:
         taken = []
@@ -434,6 +484,7 @@ class InstanceRun:
         last = self.workflow.last_task
         instance.data = _jsonable(last.data if last is not None else {})
         instance.updated_at = utcnow()
+        self._sync_timers()
         history = self.history.take_rows()  # numbers the events and advances instance.last_seq
         self.session.flush()  # the instance row (insert or versioned update) before rows that reference it
         # Core inserts: one executemany each, without the ORM's per-row bookkeeping.
@@ -444,6 +495,42 @@ class InstanceRun:
         if history:
             connection.execute(HistoryEvent.__table__.insert(), history)
             outbox.record(self.session, self.instance, history)
+
+    def _sync_timers(self) -> None:
+        """Record the timers the instance now waits on; drop those it no longer waits on."""
+        waiting = [(task, due) for task in self.workflow.event_manager.tasks.values()
+                   if (due := _timer_due(task)) is not None]
+        if not waiting and not self._had_timers:
+            return
+        existing = {(t.spiff_task_id, t.due_at): t for t in self.session.scalars(select(Timer).where(
+            Timer.instance_id == self.instance.id, Timer.status == "pending"))}
+        current = set()
+        for task, due in waiting:
+            key = (str(task.id), due)
+            current.add(key)
+            node = self.model.nodes.get(task.task_spec.bpmn_id or "")
+            if key in existing or node is None:
+                continue
+            interrupting = node.properties.get("cancelActivity", "true") != "false"
+            reminder = node.kind == "boundaryEvent" and not interrupting and not node.timeout_action
+            attached = node.properties.get("attachedToRef")
+            self.session.add(Timer(instance_id=self.instance.id, spiff_task_id=str(task.id), node_id=node.id,
+                                   attached_to=attached, interrupting=interrupting and node.kind == "boundaryEvent",
+                                   due_at=due, fire_at=timers.defer_for_quiet_hours(due) if reminder else due,
+                                   status="pending"))
+            if attached and interrupting:
+                self._set_due(attached, due)
+        for key, timer in existing.items():
+            if key not in current and timer.status == "pending":
+                timer.status = "cancelled"
+
+    def _set_due(self, node_id: str, due: datetime) -> None:
+        for row in self._new_tasks:
+            if row["node_id"] == node_id:
+                row["due_at"] = due
+        self.session.execute(update(Task).where(Task.instance_id == self.instance.id, Task.node_id == node_id,
+                                                Task.status.in_(["ready", "waiting"]), Task.due_at.is_(None))
+                             .values(due_at=due))
 
     # -- helpers ------------------------------------------------------------------------------------
 
@@ -476,6 +563,18 @@ class InstanceRun:
         if task is None:
             task = next((s.tasks[task_id] for s in self.workflow.subprocesses.values() if task_id in s.tasks), None)
         return task
+
+
+def _timer_due(task) -> datetime | None:
+    """When a waiting timer task is next due (UTC), or None for non-timer events and spent cycles."""
+    definition = getattr(task.task_spec, "event_definition", None)
+    if not isinstance(definition, TimerEventDefinition):
+        return None
+    value = definition.details(task).value
+    if not isinstance(value, str):
+        return None
+    due = datetime.fromisoformat(value)
+    return due if due.tzinfo is not None else due.replace(tzinfo=UTC)
 
 
 def _dmn_trace(task) -> dict[str, Any]:

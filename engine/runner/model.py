@@ -72,6 +72,11 @@ class NodeInfo:
         return self.properties.get("finflow.cc")
 
     @property
+    def timeout_action(self) -> str | None:
+        """On a boundary timer: approve, reject (auto-decide the task) or role:<role> (escalate to a role)."""
+        return self.properties.get("finflow.timeout_action")
+
+    @property
     def actions(self) -> tuple[str, ...]:
         raw = self.properties.get("finflow.actions")
         return tuple(a.strip() for a in raw.split(",")) if raw else DEFAULT_ACTIONS
@@ -168,6 +173,11 @@ def _node_infos(process) -> dict[str, NodeInfo]:
             continue
         props = {p.get("name"): p.get("value", "") for p in
                  element.iterfind("bpmn:extensionElements/spiffworkflow:properties/spiffworkflow:property", NS)}
+        for attribute in ("attachedToRef", "cancelActivity"):
+            if element.get(attribute) is not None:
+                props[attribute] = element.get(attribute)
+        if element.find("bpmn:timerEventDefinition", NS) is not None:
+            props["timer"] = "true"
         called = element.find("bpmn:extensionElements/spiffworkflow:calledDecisionId", NS)
         if called is not None:
             props["calledDecisionId"] = (called.text or "").strip()

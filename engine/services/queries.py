@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Select, exists, func, select
 from sqlalchemy.orm import Session
 
+from engine import clock
 from engine.errors import Forbidden, NotFound
 from engine.models import HistoryEvent, Instance, InstanceCc, Task, TaskCandidate, User
 
@@ -74,8 +75,10 @@ def search_instances(session: Session, viewer: User, *, process_key: str | None 
 
 
 def list_tasks(session: Session, viewer: User, *, mine: bool = False, instance_id: str | None = None,
-               status: str | None = None, page: int = 1, per_page: int = 20) -> Page:
+               status: str | None = None, overdue: bool = False, page: int = 1, per_page: int = 20) -> Page:
     stmt = select(Task)
+    if overdue:
+        stmt = stmt.where(Task.status.in_(["ready", "waiting"]), Task.due_at < clock.now())
     if mine:
         stmt = stmt.join(TaskCandidate, TaskCandidate.task_id == Task.id).where(TaskCandidate.user_id == viewer.id)
     if instance_id is not None:

@@ -4,7 +4,7 @@ Revision ID: 0002
 Revises: 0001
 Create Date: 2026-11-23
 
-Task rows per approver (会签/依次/加签/委派), copied readers (抄送).
+Task rows per approver (会签/依次/加签/委派), copied readers (抄送), timers.
 
 """
 from typing import Sequence, Union
@@ -34,6 +34,25 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('instance_cc', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_instance_cc_user_id'), ['user_id'], unique=False)
+
+    op.create_table('timers',
+    sa.Column('id', sa.Integer(), autoincrement=True, nullable=False),
+    sa.Column('instance_id', sa.String(length=36), nullable=False),
+    sa.Column('spiff_task_id', sa.String(length=36), nullable=False),
+    sa.Column('node_id', sa.String(length=128), nullable=False),
+    sa.Column('attached_to', sa.String(length=128), nullable=True),
+    sa.Column('interrupting', sa.Boolean(), nullable=False),
+    sa.Column('due_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('fire_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('status', sa.String(length=16), nullable=False),
+    sa.Column('fired_at', sa.DateTime(timezone=True), nullable=True),
+    sa.ForeignKeyConstraint(['instance_id'], ['instances.id'], ),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('spiff_task_id', 'due_at')
+    )
+    with op.batch_alter_table('timers', schema=None) as batch_op:
+        batch_op.create_index('ix_timers_status_fire_at', ['status', 'fire_at'], unique=False)
+        batch_op.create_index(batch_op.f('ix_timers_instance_id'), ['instance_id'], unique=False)
 
     # Existing tasks were one row per SpiffWorkflow task, with the task's id: carry that over.
     with op.batch_alter_table('tasks', schema=None) as batch_op:
@@ -80,4 +99,5 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_instance_cc_user_id'))
 
     op.drop_table('instance_cc')
+    op.drop_table('timers')
     # ### end Alembic commands ###
