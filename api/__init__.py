@@ -7,6 +7,7 @@ from typing import Any
 from flask import Flask
 from flask_smorest import Api
 
+import adapters
 from api.errors import register_error_handlers
 
 MAX_UPLOAD_BYTES = 5 * 1024 * 1024
@@ -29,9 +30,10 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     api.spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
     api.spec.options["security"] = [{"bearer": []}]
 
-    from api.routes import definitions, health, instances, tasks
+    from api.routes import admin, definitions, health, instances, notifications, tasks
 
-    for module in (health, definitions, instances, tasks):
+    for module in (health, definitions, instances, tasks, notifications, admin):
         api.register_blueprint(module.blp, url_prefix="/api/v1")
     register_error_handlers(app)
+    adapters.load_all()  # the API records events: their subscribers must be known here (see adapters/)
     return app

@@ -563,6 +563,27 @@ def report(bare: Phase, references: list[Phase], runs: list[DbRun], state_bytes:
     return "\n".join(out)
 
 
+def use_redis(url: str, flush_only: bool = False) -> str:
+    """Point the outbox at a real Redis (commands only enqueue, as API processes do in production), or
+    at embedded mode, where the notification jobs run inside each command's caller."""
+    from redis import Redis
+
+    current = os.environ.get("REDIS_URL")
+    if flush_only:
+        if current:
+            Redis.from_url(current).flushdb()
+        return ""
+    if url != "embedded":
+        try:
+            Redis.from_url(url, socket_connect_timeout=2).flushdb()
+            os.environ["REDIS_URL"] = url
+            return f"written in each command's transaction and enqueued on Redis {url} after commit (no worker runs)"
+        except Exception as exc:  # noqa: BLE001 - fall back to embedded mode, and say so
+            print(f"Redis {url} unreachable ({exc}); measuring embedded mode", file=sys.stderr)
+    os.environ.pop("REDIS_URL", None)
+    return "embedded mode: delivered in-process after each command (no REDIS_URL)"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--db", choices=["sqlite", "postgres", "both"], default="both")
@@ -580,6 +601,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true",
                         help="also profile the service layer on SQLite (cProfile, top 25 cumulative)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    parser.add_argument("--side-effects", choices=["redis", "embedded", "none"], default="redis",
+                        help="redis: commands write outbox rows and enqueue them on --redis-url (production path); "
+                             "embedded: delivered in-process; none: no subscribers, the engine path alone")
+    parser.add_argument("--redis-url", default=os.environ.get("FINFLOW_BENCH_REDIS_URL", "redis://127.0.0.1:6379/3"),
+                        help="Redis the commands hand side effects to, as in production (flushed before and "
+                             "after; no worker runs, so nothing is delivered). 'embedded' delivers in-process")
     args = parser.parse_args(argv)
     if args.instances < 0 or args.seconds < 0 or (args.instances == 0 and args.seconds == 0):
         parser.error("give a positive --instances or --seconds")
@@ -596,6 +623,10 @@ def main(argv: list[str] | None = None) -> int:
     dbs = ["sqlite", "postgres"] if args.db == "both" else [args.db]
     code_at_start = code_version()
     saved_url = os.environ.get("DATABASE_URL")
+    saved_redis = os.environ.get("REDIS_URL")
+    side_effects = use_redis("embedded" if args.side_effects == "embedded" else args.redis_url)
+    if args.side_effects == "none":
+        side_effects = "none: no subscribers (engine path: state, tasks, history)"
     workdir = Path(tempfile.mkdtemp(prefix="finflow-bench-"))
     try:
         if "postgres" in dbs:
@@ -616,6 +647,11 @@ def main(argv: list[str] | None = None) -> int:
         for db in dbs:
             log(f"[setup] {db}: fresh database, demo org, processes, API tokens ...")
             runs.append(prepare_db(db, workdir, args.pg_url))
+        if args.side_effects == "none":
+            from engine import events
+
+            for name in [s.name for s in events.subscriptions_for("task.assigned")]:
+                events.unsubscribe(name)
         # bare next to the platform rows it is compared with; the reference rows last
         phases = [bare, *(p for r in runs for p in (r.service, r.http)), *references]
         for round_ in range(args.rounds):
@@ -631,11 +667,17 @@ def main(argv: list[str] | None = None) -> int:
             r.flow.activate()
             r.http_sql = count_sql([db_engine(r.url), db_engine(None)], r.flow.one, args.count_instances)
         print(report(bare, references, runs, dict(bare_engine.state_bytes), args, code_at_start), flush=True)
+        print(f"Side effects (outbox rows for in-app notifications): {side_effects}", flush=True)
         if args.profile:
             print()
             print(profile_service(budget, workdir, log))
     finally:
         reset_engines()
+        use_redis("embedded", flush_only=True)
+        if saved_redis is None:
+            os.environ.pop("REDIS_URL", None)
+        else:
+            os.environ["REDIS_URL"] = saved_redis
         if saved_url is None:
             os.environ.pop("DATABASE_URL", None)
         else:

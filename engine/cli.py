@@ -33,6 +33,16 @@ class FinflowGroup(click.Group):
 @click.group(cls=FinflowGroup)
 def main() -> None:
     """finflow — finance approval BPM (报销 / 付款 / 合同)."""
+    _load_adapters()
+
+
+def _load_adapters() -> None:
+    """Subscribe the adapters, as create_app does: a process that records events without them would
+    silently promise no side effects, and embedded delivery (outbox retry/sweep) needs their handlers.
+    The CLI is a composition root like the API; the engine proper never imports adapters."""
+    import adapters
+
+    adapters.load_all()
 
 
 @main.command()
@@ -117,9 +127,22 @@ def serve(host: str, port: int, threads: int) -> None:
     from waitress import serve as waitress_serve
 
     from api import create_app
+    from engine.outbox.dispatch import redis_url
+    from engine.outbox.sweeper import SweeperThread
+    from engine.outbox.worker import PERIODIC
 
+    app = create_app()
+    sweeper = None
+    if redis_url() is None:  # embedded mode: no worker runs retries or timers, so this process does
+        sweeper = SweeperThread(work=PERIODIC)
+        sweeper.start()
+        click.echo("embedded mode (no REDIS_URL): side effects and timers run in this process")
     click.echo(f"finflow API on http://{host}:{port}/api/v1 (OpenAPI: /api/v1/openapi.json)")
-    waitress_serve(create_app(), host=host, port=port, threads=threads)
+    try:
+        waitress_serve(app, host=host, port=port, threads=threads)
+    finally:
+        if sweeper is not None:
+            sweeper.stop()
 
 
 @main.command()
@@ -159,3 +182,83 @@ def up(ctx: click.Context, then_serve: bool) -> None:
     click.echo(f"demo API tokens written to {tokens} (e.g. {lines[0]})")
     if then_serve:
         ctx.invoke(serve)
+
+
+@main.command()
+@click.option("--queues", default="channels,timers,sync", show_default=True,
+              help="comma-separated rq queues to work on")
+@click.option("--burst", is_flag=True, help="sweep and fire due timers once, run every queued job, then exit")
+@click.option("--sweep-interval", type=click.FloatRange(min=0.05), default=None,
+              help="seconds between outbox sweeps (default $FINFLOW_SWEEP_INTERVAL or 10)")
+def worker(queues: str, burst: bool, sweep_interval: float | None) -> None:
+    """Run outbox jobs from Redis (REDIS_URL) with rq's scheduler, the outbox sweeper and due timers."""
+    from engine.events import QUEUES
+    from engine.outbox import worker as outbox_worker
+    from engine.outbox.dispatch import redis_url
+
+    url = redis_url()
+    if url is None:
+        raise FinflowError("REDIS_URL is not set: without Redis, side effects run inside the API process "
+                           "(embedded mode) and no worker is needed")
+    names = [q.strip() for q in queues.split(",") if q.strip()]
+    unknown = sorted(set(names) - set(QUEUES))
+    if unknown or not names:
+        raise click.BadParameter(f"unknown queue(s) {', '.join(unknown)}; use some of {','.join(QUEUES)}"
+                                 if unknown else f"no queue given; use some of {','.join(QUEUES)}",
+                                 param_hint="--queues")
+    outbox_worker.run(url, names, burst=burst, sweep_interval=sweep_interval)
+
+
+@main.group()
+def outbox() -> None:
+    """Inspect and repair the outbox of side effects (dead rows, overdue rows)."""
+
+
+@outbox.command("list")
+@click.option("--status", type=click.Choice(["pending", "done", "dead"]))
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 1000))
+def outbox_list(status: str | None, limit: int) -> None:
+    """List outbox rows, newest first."""
+    from engine.outbox.admin import list_rows
+
+    with transaction(readonly=True) as session:
+        rows, total = list_rows(session, status, per_page=limit)
+        for row in rows:
+            error = (row.last_error or "").split("\n")[0][:80]
+            click.echo(f"{row.id:>8}  {row.status:<7}  {row.subscription:<20}  {row.event_type:<20}  "
+                       f"{row.instance_id}  attempts={row.attempts}  "
+                       f"next={row.next_attempt_at:%Y-%m-%d %H:%M:%S}  {error}".rstrip())
+    click.echo(f"{len(rows)} of {total} row(s)")
+
+
+@outbox.command("retry")
+@click.argument("ids", nargs=-1, required=True, type=int)
+def outbox_retry(ids: tuple[int, ...]) -> None:
+    """Send dead rows again (each with a fresh set of attempts)."""
+    from engine.outbox.admin import retry
+
+    for outbox_id in ids:
+        with transaction() as session:
+            retry(session, outbox_id)
+        click.echo(f"outbox {outbox_id} queued again")
+
+
+@outbox.command("sweep")
+def outbox_sweep() -> None:
+    """Re-dispatch every overdue or undispatched pending row now (workers also do this periodically)."""
+    from engine.outbox.sweeper import sweep
+
+    click.echo(f"{sweep()} row(s) dispatched")
+
+
+@main.group()
+def timers() -> None:
+    """BPMN timers waiting to fire."""
+
+
+@timers.command("fire-due")
+def timers_fire_due() -> None:
+    """Fire every timer whose time has come (workers also do this on each sweep)."""
+    from engine.timers import fire_due
+
+    click.echo(f"{fire_due()} timer(s) fired")

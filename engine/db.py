@@ -2,11 +2,15 @@
 
 One command is one transaction. On SQLite the transaction starts with BEGIN IMMEDIATE so that
 concurrent writers queue on the database lock instead of failing half-way with "database is locked".
+
+Work that must only happen once the transaction is durable (handing outbox rows to the job queue) is
+registered with `after_commit`: it runs after a successful commit and never after a rollback.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
@@ -15,6 +19,10 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 from engine.config import Settings
+
+log = logging.getLogger("finflow.db")
+AFTER_COMMIT = "after_commit"  # session.info key: callbacks run by `transaction` once the commit succeeded
+DATABASE_URL = "database_url"  # session.info key: the URL `transaction` was opened with (None = configured one)
 
 
 class Base(DeclarativeBase):
@@ -70,6 +78,7 @@ def transaction(url: str | None = None, *, readonly: bool = False) -> Iterator[S
     `readonly` is a promise the block does not write; on SQLite it then does not queue behind writers.
     """
     session = _session_factory(url, readonly)()
+    session.info[DATABASE_URL] = url
     try:
         yield session
         session.commit()
@@ -77,7 +86,27 @@ def transaction(url: str | None = None, *, readonly: bool = False) -> Iterator[S
         session.rollback()
         raise
     finally:
+        callbacks = session.info.pop(AFTER_COMMIT, [])  # a rollback discards them with the session
         session.close()
+    for callback in callbacks:
+        try:
+            callback()
+        except Exception:  # the transaction is committed: its caller must not be told it failed
+            log.exception("after-commit callback %r failed", callback)
+
+
+def after_commit(session: Session, callback: Callable[[], None]) -> None:
+    """Run `callback` after `session`'s transaction commits (only sessions opened by `transaction`).
+
+    Callbacks run in registration order, outside any transaction, once the session is closed. They must
+    not raise: an exception is logged and the next callback still runs.
+    """
+    session.info.setdefault(AFTER_COMMIT, []).append(callback)
+
+
+def database_url(session: Session) -> str | None:
+    """The URL the session's `transaction` was opened with, so follow-up work uses the same database."""
+    return session.info.get(DATABASE_URL)
 
 
 def is_postgres(session: Session) -> bool:

@@ -2,8 +2,10 @@
 
 from alembic import context
 
+import adapters  # noqa: F401  (the adapters' tables, e.g. notifications: one database, one migration history)
 from engine import models  # noqa: F401  (registers the tables on Base.metadata)
 from engine.db import Base, get_engine
+from engine.outbox import models as outbox_models  # noqa: F401  (the outbox table)
 
 config = context.config
 

@@ -1,0 +1,27 @@
+"""Consumers of engine events: in-app notifications today; WeCom cards and OA mirroring next.
+
+Adapters depend on the engine, never the other way round. Each adapter package has a `load()` that
+subscribes its handlers (engine.events.subscribe); `load_all` calls them, plus the modules named in
+FINFLOW_PLUGINS (comma-separated, each with a `load()`), and is called by every process that records
+events or runs their jobs: create_app, the `finflow` command (worker included).
+
+Importing this package registers the adapters' tables on engine.db.Base, so migrations and schema
+set-up see the whole database.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+from adapters.inbox import models as _inbox_models  # noqa: F401  (registers the notifications table)
+
+BUILT_IN = ("adapters.inbox",)
+
+
+def load_all() -> list[str]:
+    """Subscribe every adapter and plugin; safe to call again (a subscription is replaced by name)."""
+    names = [*BUILT_IN, *(p.strip() for p in os.environ.get("FINFLOW_PLUGINS", "").split(",") if p.strip())]
+    for name in names:
+        importlib.import_module(name).load()
+    return names

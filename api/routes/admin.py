@@ -1,0 +1,82 @@
+"""Administration of the outbox: list side effects by status, read one with its last error, retry a dead one.
+
+Administrators only (role admin); everyone else gets 403, before any lookup.
+"""
+
+from __future__ import annotations
+
+from flask_smorest import Blueprint
+from marshmallow import Schema, fields, validate
+
+from api.context import authenticated, command
+from api.schemas import ApiErrorSchema, PageArgsSchema, PageMetaSchema
+from engine.errors import Forbidden
+from engine.models import User
+from engine.outbox import admin
+from engine.outbox.models import STATUSES
+
+blp = Blueprint("admin", __name__, description="Administration: the outbox of side effects (admins only)")
+ADMIN_ROLE = "admin"
+
+
+class OutboxListArgsSchema(PageArgsSchema):
+    status = fields.String(validate=validate.OneOf(STATUSES))
+
+
+class OutboxSchema(Schema):
+    id = fields.Integer()
+    subscription = fields.String(metadata={"description": "the handler, e.g. inbox.notify"})
+    queue = fields.String()
+    instance_id = fields.String()
+    event_seq = fields.Integer()
+    event_type = fields.String()
+    payload = fields.Dict(metadata={"description": "{event: the history row, instance: summary}"})
+    status = fields.String(metadata={"description": "pending | done | dead"})
+    attempts = fields.Integer(metadata={"description": "handler runs that finished, failed or not"})
+    next_attempt_at = fields.DateTime()
+    last_error = fields.String(allow_none=True)
+    created_at = fields.DateTime()
+    dispatched_at = fields.DateTime(allow_none=True)
+    done_at = fields.DateTime(allow_none=True)
+
+
+class OutboxPageSchema(Schema):
+    items = fields.List(fields.Nested(OutboxSchema))
+    meta = fields.Nested(PageMetaSchema)
+
+
+def require_admin(user: User) -> None:
+    if ADMIN_ROLE not in user.role_ids:
+        raise Forbidden("仅管理员可以查看和重试出站消息")
+
+
+@blp.route("/outbox")
+@blp.arguments(OutboxListArgsSchema, location="query")
+@blp.response(200, OutboxPageSchema)
+@blp.alt_response(403, schema=ApiErrorSchema, description="The caller is not an administrator")
+@authenticated
+def list_outbox(args, session, user):
+    """Outbox rows newest first, optionally by status (`dead` = gave up, with the last error)."""
+    require_admin(user)
+    rows, total = admin.list_rows(session, args.get("status"), args["page"], args["per_page"])
+    return {"items": rows, "meta": {"total": total, "page": args["page"], "per_page": args["per_page"]}}
+
+
+@blp.route("/outbox/<int:outbox_id>")
+@blp.response(200, OutboxSchema)
+@blp.alt_response(404, schema=ApiErrorSchema, description="No such outbox row")
+@authenticated
+def get_outbox(outbox_id, session, user):
+    """One outbox row with its payload and last error."""
+    require_admin(user)
+    return admin.get_row(session, outbox_id)
+
+
+@blp.route("/outbox/<int:outbox_id>/retry", methods=["POST"])
+@blp.response(200, OutboxSchema)
+@blp.alt_response(409, schema=ApiErrorSchema, description="The row is not dead")
+@command(OutboxSchema)
+def retry_outbox(outbox_id, session, user, actor):
+    """Send a dead row again, with a fresh set of attempts; it is queued when this call commits."""
+    require_admin(user)
+    return admin.retry(session, outbox_id)

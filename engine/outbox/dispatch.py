@@ -1,0 +1,159 @@
+"""Handing outbox rows to rq, after the commit that wrote them.
+
+With `REDIS_URL` set, a row becomes a job on the Redis queue its subscription names, for `finflow worker`
+processes to run. Without it (embedded mode, the demo) the same job runs on an rq queue over an
+in-process fakeredis with `is_async=False`: rq calls the job function right away, in this process, so
+the code path is the one workers take.
+
+A hand-over that fails (Redis down) is logged and the rows are marked undispatched
+(`dispatched_at = NULL`); the sweeper hands them over again when Redis is back. For a few seconds after
+a failure commands do not try Redis at all, so an unreachable Redis (connect timeout) does not slow
+every command down. Nothing here raises to the caller: the state change is committed and must be
+reported as done.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import timedelta
+from functools import lru_cache
+from typing import Any
+
+from redis import Redis
+from redis.exceptions import RedisError
+from rq import Queue
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from engine.config import Settings
+from engine.db import after_commit, database_url, transaction
+from engine.outbox.models import OutboxMessage
+from engine.outbox.policy import Policy
+
+log = logging.getLogger("finflow.outbox")
+
+JOB = "engine.outbox.delivery.deliver"  # the one job function; referenced by name so workers import it
+FAILED_JOB_TTL = 7 * 24 * 3600  # rq keeps a job that crashed outside the handler (e.g. database down) a week
+_PENDING = "outbox_dispatch"  # session.info key: (id, queue) rows to hand over after this commit
+PAUSE_AFTER_FAILURE = 5.0  # seconds during which commands leave their rows to the sweeper without trying Redis
+_paused_until: dict[str, float] = {}  # Redis URL -> monotonic time until which it is not tried
+
+Row = tuple[int, str]  # (outbox id, queue name)
+
+
+def redis_url() -> str | None:
+    """The Redis the job queues live on; None means embedded mode."""
+    return Settings.from_env().redis_url
+
+
+@lru_cache(maxsize=8)
+def connection(url: str | None) -> Redis:
+    """A client for producers: short timeouts so a Redis outage costs a command milliseconds, not minutes."""
+    if url is None:
+        import fakeredis
+
+        return fakeredis.FakeRedis()  # one in-process server per process
+    return Redis.from_url(url, socket_connect_timeout=2, socket_timeout=10, health_check_interval=30)
+
+
+@lru_cache(maxsize=32)
+def queue(name: str, url: str | None) -> Queue:
+    return Queue(name, connection=connection(url), is_async=url is not None)
+
+
+def job_options(outbox_id: int) -> dict[str, Any]:
+    # Results are not kept: the outbox row is the record of what happened.
+    return {"result_ttl": 0, "failure_ttl": FAILED_JOB_TTL, "job_timeout": Policy.from_env().job_timeout,
+            "description": f"outbox {outbox_id}"}
+
+
+def available() -> bool:
+    """Whether jobs can be handed over now (always, in embedded mode)."""
+    url = redis_url()
+    if url is None:
+        return True
+    try:
+        up = bool(connection(url).ping())
+    except (RedisError, OSError):
+        return False
+    _paused_until.pop(url, None)
+    return up
+
+
+def enqueue(rows: Sequence[Row], db_url: str | None = None) -> list[int]:
+    """Hand rows to their queues; returns the ids handed over (all, or those before Redis failed).
+
+    `db_url` only travels with in-process jobs (embedded mode): over Redis a job carries nothing but the
+    outbox id, and the worker uses the database it is configured with.
+    """
+    url = redis_url()
+    handed: list[int] = []
+    if url is None:
+        for outbox_id, name in rows:
+            queue(name, None).enqueue(JOB, outbox_id, db_url, **job_options(outbox_id))
+            handed.append(outbox_id)
+        return handed
+    if time.monotonic() < _paused_until.get(url, 0.0):
+        return handed
+    by_queue: dict[str, list[int]] = defaultdict(list)
+    for outbox_id, name in rows:
+        by_queue[name].append(outbox_id)
+    try:
+        for name, ids in by_queue.items():
+            target = queue(name, url)
+            target.enqueue_many([Queue.prepare_data(JOB, (i,), **_prepare_options(i)) for i in ids])
+            handed.extend(ids)
+    except (RedisError, OSError) as exc:
+        _paused_until[url] = time.monotonic() + PAUSE_AFTER_FAILURE
+        log.warning("outbox: Redis refused %d job(s), left for the sweeper: %s", len(rows) - len(handed), exc)
+    return handed
+
+
+def _prepare_options(outbox_id: int) -> dict[str, Any]:
+    options = job_options(outbox_id)
+    options["timeout"] = options.pop("job_timeout")  # prepare_data's spelling
+    return options
+
+
+def dispatch(rows: Sequence[Row], db_url: str | None = None) -> None:
+    """Hand rows over; mark the ones that could not be handed over for the sweeper."""
+    handed = set(enqueue(rows, db_url))
+    missed = [outbox_id for outbox_id, _ in rows if outbox_id not in handed]
+    if missed:
+        mark_undispatched(missed, db_url)
+
+
+def dispatch_after_commit(session: Session, rows: Sequence[Row]) -> None:
+    """Hand `rows` over once `session`'s transaction has committed (one callback per transaction)."""
+    pending: list[Row] | None = session.info.get(_PENDING)
+    if pending is None:
+        pending = session.info[_PENDING] = []
+        db_url = database_url(session)
+        after_commit(session, lambda: dispatch(list(pending), db_url))
+    pending.extend(rows)
+
+
+def schedule_retry(outbox_id: int, queue_name: str, delay: timedelta, db_url: str | None = None) -> None:
+    """Enqueue the retry on rq's scheduler (workers run it with_scheduler); embedded mode has no scheduler,
+    there the sweeper thread picks the row up when it is due (delivery left it undispatched)."""
+    url = redis_url()
+    if url is None:
+        return
+    try:
+        queue(queue_name, url).enqueue_in(delay, JOB, outbox_id, **job_options(outbox_id))
+    except (RedisError, OSError) as exc:
+        log.warning("outbox: could not schedule the retry of row %s, left for the sweeper: %s", outbox_id, exc)
+        mark_undispatched([outbox_id], db_url)
+
+
+def mark_undispatched(ids: Sequence[int], db_url: str | None = None) -> None:
+    """Let the sweeper take these rows as soon as they are due instead of after the lease."""
+    try:
+        with transaction(db_url) as session:
+            session.execute(update(OutboxMessage).where(OutboxMessage.id.in_(ids), OutboxMessage.status == "pending")
+                            .values(dispatched_at=None))
+    except Exception:  # the lease still brings them back, later
+        log.exception("outbox: could not mark %d row(s) undispatched", len(ids))
