@@ -8,6 +8,7 @@ once. Reminders due in quiet hours (default 22:00–08:00 Asia/Shanghai) are def
 
 from __future__ import annotations
 
+import logging
 import os
 from datetime import datetime, time, timedelta
 from zoneinfo import ZoneInfo
@@ -20,6 +21,7 @@ from engine.history import Actor
 from engine.models import Timer
 
 TIMER_ACTOR = Actor(user_id=None, channel="timer")
+log = logging.getLogger("finflow.timers")
 LOCAL_ZONE = ZoneInfo(os.environ.get("FINFLOW_TIMEZONE", "Asia/Shanghai"))
 
 
@@ -46,6 +48,35 @@ def defer_for_quiet_hours(moment: datetime) -> datetime:
     if clock_time >= end:  # evening part of the window: next morning
         morning += timedelta(days=1)
     return morning.astimezone(moment.tzinfo)
+
+
+FIRE_JOB = "engine.timers.fire_timer"
+
+
+def schedule_after_commit(session, created: list[Timer]) -> None:
+    """Ask rq's scheduler to fire each new timer at its time, once the transaction that made it commits.
+
+    The periodic sweep (`fire_due`) stays the safety net: a lost job, or Redis down at commit, only delays
+    a timer to the next sweep. Embedded mode has no scheduler; its sweeper thread fires timers.
+    """
+    from engine.db import after_commit
+    from engine.outbox import dispatch
+
+    url = dispatch.redis_url()
+    if url is None or not created:
+        return
+
+    def enqueue() -> None:
+        queue = dispatch.queue("timers", url)
+        for timer in created:
+            try:
+                queue.enqueue_at(timer.fire_at, FIRE_JOB, timer.id, result_ttl=0,
+                                 description=f"timer {timer.id}")
+            except Exception as exc:  # noqa: BLE001 - the sweep fires it; the command already committed
+                log.warning("timer %s not scheduled on rq, left for the sweep: %s", timer.id, exc)
+                return
+
+    after_commit(session, enqueue)
 
 
 def fire_due(url: str | None = None, limit: int = 100) -> int:

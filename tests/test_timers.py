@@ -234,3 +234,26 @@ def test_reminder_in_quiet_hours_fires_in_the_morning(monkeypatch):
     timeout = next(t for t in timers_of(iid) if t.node_id == "timeout")
     assert remind.fire_at == timers.defer_for_quiet_hours(remind.due_at)
     assert timeout.fire_at == timeout.due_at  # timeouts are urgent: never deferred
+
+
+def test_new_timers_are_scheduled_on_rq_at_their_time(monkeypatch):
+    """With Redis, a timer is also a job on rq's scheduler for its fire time (the sweep is the safety net)."""
+    from redis import Redis
+    from rq import Queue
+    from rq.registry import ScheduledJobRegistry
+
+    redis_url = "redis://127.0.0.1:6379/5"
+    Redis.from_url(redis_url).flushdb()
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    try:
+        deploy_text("escalated", ESCALATED)
+        iid = start("escalated", "suxiaoyun", {})
+        [timer] = timers_of(iid)
+        registry = ScheduledJobRegistry(queue=Queue("timers", connection=Redis.from_url(redis_url)))
+        [job_id] = registry.get_job_ids()
+        job = registry.get_queue().fetch_job(job_id)
+        assert job.func_name == "engine.timers.fire_timer" and job.args == (timer.id,)
+        scheduled = registry.get_scheduled_time(job_id).replace(tzinfo=UTC)
+        assert abs(scheduled - timer.fire_at) < timedelta(seconds=1)
+    finally:
+        Redis.from_url(redis_url).flushdb()

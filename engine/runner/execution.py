@@ -504,7 +504,7 @@ class InstanceRun:
             return
         existing = {(t.spiff_task_id, t.due_at): t for t in self.session.scalars(select(Timer).where(
             Timer.instance_id == self.instance.id, Timer.status == "pending"))}
-        current = set()
+        current, created = set(), []
         for task, due in waiting:
             key = (str(task.id), due)
             current.add(key)
@@ -514,15 +514,17 @@ class InstanceRun:
             interrupting = node.properties.get("cancelActivity", "true") != "false"
             reminder = node.kind == "boundaryEvent" and not interrupting and not node.timeout_action
             attached = node.properties.get("attachedToRef")
-            self.session.add(Timer(instance_id=self.instance.id, spiff_task_id=str(task.id), node_id=node.id,
-                                   attached_to=attached, interrupting=interrupting and node.kind == "boundaryEvent",
-                                   due_at=due, fire_at=timers.defer_for_quiet_hours(due) if reminder else due,
-                                   status="pending"))
+            created.append(Timer(instance_id=self.instance.id, spiff_task_id=str(task.id), node_id=node.id,
+                                 attached_to=attached, interrupting=interrupting and node.kind == "boundaryEvent",
+                                 due_at=due, fire_at=timers.defer_for_quiet_hours(due) if reminder else due,
+                                 status="pending"))
             if attached and interrupting:
                 self._set_due(attached, due)
         for key, timer in existing.items():
             if key not in current and timer.status == "pending":
                 timer.status = "cancelled"
+        self.session.add_all(created)
+        timers.schedule_after_commit(self.session, created)  # ids are assigned by the flush in save()
 
     def _set_due(self, node_id: str, due: datetime) -> None:
         for row in self._new_tasks:
