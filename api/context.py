@@ -11,6 +11,7 @@ from marshmallow import Schema
 from sqlalchemy.exc import IntegrityError
 
 from engine.db import transaction
+from engine.errors import InvalidInput
 from engine.history import Actor
 from engine.models import User
 from engine.services import idempotency
@@ -56,7 +57,6 @@ def command(schema: type[Schema], status: int = 200) -> Callable[[Callable[..., 
         def wrapper(*args, **kwargs):
             key = request.headers.get("Idempotency-Key")
             if key is not None and not (0 < len(key) <= MAX_KEY_LENGTH):
-                from engine.errors import InvalidInput
                 raise InvalidInput(f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters")
             try:
                 return _run(view, key, args, kwargs)

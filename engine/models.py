@@ -26,6 +26,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
+from engine import clock
 from engine.db import Base
 
 
@@ -201,8 +202,6 @@ class Task(Base):
 
     @property
     def overdue(self) -> bool:
-        from engine import clock
-
         return self.status in ("ready", "waiting") and self.due_at is not None and self.due_at < clock.now()
 
 

@@ -19,8 +19,6 @@ from engine.runner.model import ProcessModel
 from engine.services.deployments import model_for
 from engine.services.forms import validate_form
 
-ACTION_LABELS = {"approve": "同意", "reject": "驳回", "submit": "提交"}
-
 
 def complete_task(session: Session, actor: Actor, task_id: str, action: str, comment: str | None = None,
                   form_data: dict[str, Any] | None = None) -> tuple[Task, Instance]:
