@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from engine.errors import InvalidInput
 from engine.models import Budget, Department, Group, GroupMember, Role, User, UserRole
 
 ROLES = {
@@ -18,6 +19,17 @@ ROLES = {
     "admin": "管理员",
 }
 DEMO_ORG = Path(__file__).resolve().parent.parent / "demo" / "org.json"
+
+
+def require_active_users(session: Session, users: list[str], field: str) -> None:
+    """Refuse (422, naming the field) an empty list or any user who is unknown or inactive."""
+    if not users:
+        raise InvalidInput(f"{field} is required", {"fields": {field: ["at least one user is required"]}})
+    active = set(session.scalars(select(User.id).where(User.id.in_(users), User.active.is_(True))))
+    missing = [u for u in users if u not in active]
+    if missing:
+        raise InvalidInput(f"用户不存在或已停用：{', '.join(missing)}", {"fields": {field: [
+            f"unknown or inactive users: {missing}"]}})
 
 
 def ensure_roles(session: Session) -> None:

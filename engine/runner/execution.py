@@ -8,8 +8,9 @@ with few statements: one instance update, bulk inserts for tasks, candidates and
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID, uuid4
 
 from SpiffWorkflow.bpmn.specs.event_definitions.timer import TimerEventDefinition
@@ -28,12 +29,22 @@ from engine.runner.model import NodeInfo, ProcessModel
 from engine.runner.script_engine import FinflowScriptEngine, RestrictedEnvironment
 from engine.runner.state import dump_state, load_state
 
+T = TypeVar("T")
 SCRIPT_ENGINE = FinflowScriptEngine(RestrictedEnvironment(operators.invoke))
 _DEFINITE = TaskState.READY | TaskState.STARTED | TaskState.WAITING | TaskState.COMPLETED | TaskState.ERROR
 
 
 def utcnow() -> datetime:
     return clock.now()
+
+
+def run_command(session: Session, instance: Instance, model: ProcessModel, actor: Actor,
+                command: Callable[[InstanceRun], T]) -> T:
+    """Restore the instance, apply one command to it and save what changed, in the caller's transaction."""
+    run = InstanceRun.load(session, instance, model, actor)
+    result = command(run)
+    run.save()
+    return result
 
 
 class InstanceRun:

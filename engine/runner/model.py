@@ -213,9 +213,9 @@ def _check_nodes(model: ProcessModel, forms: dict[str, Any], filename: str) -> N
             raise _node_error(filename, node.id, f"finflow.mode '{node.mode}' is not one of {', '.join(MODES)}")
         if not (node.on_empty in ("fail", "skip") or node.on_empty.startswith("role:")):
             raise _node_error(filename, node.id, f"finflow.on_empty '{node.on_empty}': use fail, skip or role:<role>")
-        for expression in filter(None, [node.cc, node.on_empty.removeprefix("role:") and None]):
+        if node.cc:
             try:
-                parse_assignment(expression)
+                parse_assignment(node.cc)
             except AssignmentError as exc:
                 raise _node_error(filename, node.id, f"finflow.cc: {exc}") from exc
         bad = set(node.actions) - KNOWN_ACTIONS

@@ -13,7 +13,8 @@ from sqlalchemy.orm import Session
 from engine.errors import Conflict, Forbidden, InvalidInput, NotFound, TooManyRequests
 from engine.history import Actor
 from engine.models import HistoryEvent, Instance, ProcessDefinition, ProcessVersion, Task, User
-from engine.runner.execution import InstanceRun, utcnow
+from engine.org.directory import require_active_users
+from engine.runner.execution import InstanceRun, run_command, utcnow
 from engine.services.deployments import model_for
 from engine.services.forms import validate_form
 from engine.services.queries import current_tasks
@@ -87,9 +88,7 @@ def urge_instance(session: Session, actor: Actor, instance_id: str, message: str
         wait = min((recent[t.id] + URGE_INTERVAL - utcnow()).total_seconds() for t in tasks) if tasks else 3600
         raise TooManyRequests("每个任务每小时只能催办一次，请稍后再试", retry_after=max(1, int(wait) + 1),
                               details={"instance_id": instance_id})
-    run = InstanceRun.load(session, instance, model_for(session, instance.version_id), actor)
-    run.urge(due, message)
-    run.save()
+    run_command(session, instance, model_for(session, instance.version_id), actor, lambda run: run.urge(due, message))
     return due
 
 
@@ -100,16 +99,9 @@ def copy_instance(session: Session, actor: Actor, instance_id: str, users: list[
     if actor.user_id != instance.starter_id and actor.user_id not in approvers:
         raise Forbidden("只有申请人或当前审批人可以抄送", {"instance_id": instance_id})
     users = list(dict.fromkeys(users))
-    active = set(session.scalars(select(User.id).where(User.id.in_(users), User.active.is_(True))))
-    missing = [u for u in users if u not in active]
-    if not users or missing:
-        raise InvalidInput(f"用户不存在或已停用：{', '.join(missing)}" if missing else "users is required",
-                           {"fields": {"users": [f"unknown or inactive users: {missing}" if missing
-                                                 else "at least one user is required"]}})
-    run = InstanceRun.load(session, instance, model_for(session, instance.version_id), actor)
-    added = run.copy_to(users, None)
-    run.save()
-    return added
+    require_active_users(session, users, "users")
+    return run_command(session, instance, model_for(session, instance.version_id), actor,
+                       lambda run: run.copy_to(users, None))
 
 
 def _approved_since_submission(session: Session, instance: Instance) -> bool:
@@ -144,9 +136,8 @@ def _terminate(session: Session, actor: Actor, instance: Instance, status: str, 
     if instance.status not in ("running", "failed"):
         raise Conflict(f"流程实例已结束（{instance.status}），不能再{'撤回' if status == 'withdrawn' else '作废'}",
                        {"instance_id": instance.id, "status": instance.status})
-    run = InstanceRun.load(session, instance, model_for(session, instance.version_id), actor)
-    run.terminate(status, reason)
-    run.save()
+    run_command(session, instance, model_for(session, instance.version_id), actor,
+                lambda run: run.terminate(status, reason))
     return instance
 
 

@@ -13,8 +13,9 @@ from sqlalchemy.orm import Session
 
 from engine.errors import Conflict, Forbidden, InvalidInput, NotFound
 from engine.history import Actor
-from engine.models import Instance, ProcessVersion, Task, User
-from engine.runner.execution import InstanceRun
+from engine.models import Instance, ProcessVersion, Task
+from engine.org.directory import require_active_users
+from engine.runner.execution import InstanceRun, run_command
 from engine.runner.model import ProcessModel
 from engine.services.deployments import model_for
 from engine.services.forms import validate_form
@@ -27,18 +28,16 @@ def complete_task(session: Session, actor: Actor, task_id: str, action: str, com
         raise InvalidInput(f"action must be one of {task.actions}", {"fields": {"action": [
             f"'{action}' is not allowed here; allowed: {', '.join(task.actions)}"]}})
     form_data = validate_form(model.form(task.form_key), form_data or {}, "form_data")
-    run = InstanceRun.load(session, instance, model, actor)
-    run.complete_user_task(task, action, comment, form_data)
-    run.save()
+    run_command(session, instance, model, actor, lambda run: run.complete_user_task(task, action, comment, form_data))
     return task, instance
 
 
 def transfer_task(session: Session, actor: Actor, task_id: str, to_user: str, reason: str | None) -> Task:
     instance, task, model = _load_actionable(session, actor, task_id)
-    _require_active_users(session, [to_user], "to")
+    require_active_users(session, [to_user], "to")
     if to_user in task.candidates:
         raise InvalidInput(f"{to_user} 已是该任务的审批人", {"fields": {"to": ["already on the task"]}})
-    _run(session, instance, model, actor, lambda run: run.transfer(task, to_user, reason))
+    run_command(session, instance, model, actor, lambda run: run.transfer(task, to_user, reason))
     return task
 
 
@@ -46,10 +45,10 @@ def delegate_task(session: Session, actor: Actor, task_id: str, to_user: str, re
     instance, task, model = _load_actionable(session, actor, task_id)
     if task.delegation == "pending":
         raise Conflict("任务已委派，等待被委派人处理", {"task_id": task_id, "delegate": task.delegate_id})
-    _require_active_users(session, [to_user], "to")
+    require_active_users(session, [to_user], "to")
     if to_user == actor.user_id:
         raise InvalidInput("不能委派给自己", {"fields": {"to": ["is yourself"]}})
-    _run(session, instance, model, actor, lambda run: run.delegate(task, to_user, reason))
+    run_command(session, instance, model, actor, lambda run: run.delegate(task, to_user, reason))
     return task
 
 
@@ -59,14 +58,14 @@ def add_signers(session: Session, actor: Actor, task_id: str, users: list[str], 
     if task.delegation == "pending":
         raise Conflict("任务已委派，等待被委派人处理", {"task_id": task_id})
     users = list(dict.fromkeys(users))
-    _require_active_users(session, users, "users")
+    require_active_users(session, users, "users")
     on_task = {user for candidates in session.scalars(select(Task.candidates).where(
         Task.activation == task.activation, Task.status.in_(["ready", "waiting"]))) for user in candidates}
     already = sorted(set(users) & (on_task | set(task.pending_after)))
     if already:
         raise InvalidInput(f"{', '.join(already)} 已在该任务上",
                            {"fields": {"users": [f"already on the task: {already}"]}})
-    _run(session, instance, model, actor, lambda run: run.add_signers(task, users, position == "before", reason))
+    run_command(session, instance, model, actor, lambda run: run.add_signers(task, users, position == "before", reason))
     return task
 
 
@@ -106,19 +105,3 @@ def _load_actionable(session: Session, actor: Actor, task_id: str) -> tuple[Inst
         raise Conflict(f"任务「{task.name}」尚未轮到您处理（等待加签人或前序审批人）", {"task_id": task_id,
                                                                                     "status": task.status})
     return instance, task, model_for(session, instance.version_id, content_hash)
-
-
-def _run(session: Session, instance: Instance, model: ProcessModel, actor: Actor, command) -> None:
-    run = InstanceRun.load(session, instance, model, actor)
-    command(run)
-    run.save()
-
-
-def _require_active_users(session: Session, users: list[str], field: str) -> None:
-    if not users:
-        raise InvalidInput(f"{field} is required", {"fields": {field: ["at least one user is required"]}})
-    active = set(session.scalars(select(User.id).where(User.id.in_(users), User.active.is_(True))))
-    missing = [u for u in users if u not in active]
-    if missing:
-        raise InvalidInput(f"用户不存在或已停用：{', '.join(missing)}", {"fields": {field: [
-            f"unknown or inactive users: {missing}"]}})
