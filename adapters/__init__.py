@@ -1,4 +1,4 @@
-"""Consumers of engine events: in-app notifications today; WeCom cards and OA mirroring next.
+"""Consumers of engine events: in-app notifications, events out to webhooks and RabbitMQ; WeCom and OA next.
 
 Adapters depend on the engine, never the other way round. Each adapter package has a `load()` that
 subscribes its handlers (engine.events.subscribe); `load_all` calls them, plus the modules named in
@@ -14,9 +14,10 @@ from __future__ import annotations
 import importlib
 import os
 
+from adapters.events import models as _events_models  # noqa: F401  (registers event_subscriptions)
 from adapters.inbox import models as _inbox_models  # noqa: F401  (registers the notifications table)
 
-BUILT_IN = ("adapters.inbox",)
+BUILT_IN = ("adapters.inbox", "adapters.events")
 
 
 def load_all() -> list[str]:

@@ -5,6 +5,18 @@ offered to the subscriptions registered here. A subscription names a handler and
 for each matching event an outbox row is written in the same transaction as the state change, and the
 outbox delivers it later, at least once (see engine/outbox). The engine imports no channel: adapters
 call `subscribe` when they are loaded.
+
+Two kinds of subscription:
+* in-database (default): `handler(session, message)` runs inside the delivery transaction, so whatever it
+  writes happens exactly once (in-app notifications).
+* external: the side effect leaves the process (HTTP, a message broker). The handler is then a `connect`
+  function, `handler(session, target, messages) -> send | Hold`, called in a short transaction to
+  prepare a batch; `send(message)` runs with no transaction open, so a slow receiver never holds a lock
+  an approval needs. External rows of one instance are delivered in sequence order (engine/outbox/stream).
+
+`targets`, when given, fans one event out to several destinations of the same subscription (one outbox
+row each), e.g. the webhooks and exchanges configured in the database: `targets(session, process_key,
+event_type) -> list[str]`, called in the command's transaction.
 """
 
 from __future__ import annotations
@@ -13,7 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-QUEUES = ("channels", "timers", "sync")
+QUEUES = ("channels", "timers", "sync", "events")
+ALL = "*"  # an event_types entry that matches every event type
 
 
 @dataclass(frozen=True)
@@ -22,16 +35,21 @@ class Subscription:
     event_types: frozenset[str]
     queue: str
     handler: Callable[..., Any]  # handler(session, message) -> None; must be idempotent per message id
+    targets: Callable[..., list[str]] | None = None  # targets(session, process_key, event_type) -> ids
+    external: bool = False  # handler is connect(session, target, messages) -> send | Hold (see above)
+
+    def matches(self, event_type: str) -> bool:
+        return ALL in self.event_types or event_type in self.event_types
 
 
 _SUBSCRIPTIONS: dict[str, Subscription] = {}
 
 
-def subscribe(name: str, event_types: set[str] | frozenset[str], queue: str,
-              handler: Callable[..., Any]) -> Subscription:
+def subscribe(name: str, event_types: set[str] | frozenset[str], queue: str, handler: Callable[..., Any], *,
+              targets: Callable[..., list[str]] | None = None, external: bool = False) -> Subscription:
     if queue not in QUEUES:
         raise ValueError(f"unknown queue {queue!r}; use one of {QUEUES}")
-    subscription = Subscription(name, frozenset(event_types), queue, handler)
+    subscription = Subscription(name, frozenset(event_types), queue, handler, targets, external)
     _SUBSCRIPTIONS[name] = subscription
     return subscription
 
@@ -45,4 +63,4 @@ def subscription(name: str) -> Subscription | None:
 
 
 def subscriptions_for(event_type: str) -> list[Subscription]:
-    return [s for s in _SUBSCRIPTIONS.values() if event_type in s.event_types]
+    return [s for s in _SUBSCRIPTIONS.values() if s.matches(event_type)]

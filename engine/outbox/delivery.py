@@ -44,12 +44,15 @@ class Message:
     event: dict[str, Any]  # the history row: type, payload, task_id, node_id, actor_id, channel, at, ...
     instance: dict[str, Any]  # summary at the time of the event: process_key, business_key, starter_id, status …
     attempt: int  # 1 on the first run
+    target: str = ""  # the destination, for subscriptions that fan out ("" otherwise)
+    stream_seq: int | None = None  # position among the target's events of this instance (external only)
 
 
 def deliver(outbox_id: int, database_url: str | None = None, *, now: datetime | None = None) -> str:
     """Run the row's handler once, unless it already ran; returns the row's status afterwards.
 
     `database_url` is passed only by in-process (embedded) dispatch; workers use their configured database.
+    Rows of external subscriptions are delivered by engine.outbox.stream instead, outside the transaction.
     """
     with transaction(database_url) as session:
         row = session.scalar(select(OutboxMessage).where(OutboxMessage.id == outbox_id).with_for_update())
@@ -58,8 +61,13 @@ def deliver(outbox_id: int, database_url: str | None = None, *, now: datetime | 
             return "missing"
         if row.status != "pending":
             return row.status  # a duplicate delivery: the first one did the work
-        _run(session, row, now or clock.now(), database_url)
-        return row.status
+        subscription = events.subscription(row.subscription)
+        if subscription is None or not subscription.external:
+            _run(session, row, now or clock.now(), database_url)
+            return row.status
+    from engine.outbox import stream  # stream builds on this module
+
+    return stream.deliver(outbox_id, database_url, now=now)
 
 
 def _run(session: Session, row: OutboxMessage, now: datetime, database_url: str | None) -> None:
@@ -72,7 +80,7 @@ def _run(session: Session, row: OutboxMessage, now: datetime, database_url: str 
             with session.begin_nested():
                 subscription.handler(session, message(row))
         except Exception as exc:  # the handler's writes are rolled back with the savepoint
-            error = _describe(exc)
+            error = describe(exc)
     row.attempts += 1
     if error is None:
         row.status, row.done_at = "done", now
@@ -98,10 +106,11 @@ def message(row: OutboxMessage) -> Message:
     payload = row.payload or {}
     return Message(id=row.id, subscription=row.subscription, event_type=row.event_type,
                    instance_id=row.instance_id, seq=row.event_seq, event=payload.get("event", {}),
-                   instance=payload.get("instance", {}), attempt=row.attempts + 1)
+                   instance=payload.get("instance", {}), attempt=row.attempts + 1, target=row.target,
+                   stream_seq=row.stream_seq)
 
 
-def _describe(exc: BaseException) -> str:
+def describe(exc: BaseException) -> str:
     """First line: type and message (what the API list shows); then the traceback, for whoever debugs it."""
     head = f"{type(exc).__name__}: {exc}"
     trace = "".join(traceback.format_exception(exc, limit=-8))

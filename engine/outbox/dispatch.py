@@ -3,7 +3,9 @@
 With `REDIS_URL` set, a row becomes a job on the Redis queue its subscription names, for `finflow worker`
 processes to run. Without it (embedded mode, the demo) the same job runs on an rq queue over an
 in-process fakeredis with `is_async=False`: rq calls the job function right away, in this process, so
-the code path is the one workers take.
+the code path is the one workers take. Jobs of the `events` queue (sends to webhooks and brokers) run so
+on one background thread instead of the committing thread, so a slow receiver does not hold up the
+API response; `drain_background` waits for them (tests, and the CLI before it exits).
 
 A hand-over that fails (Redis down) is logged and the rows are marked undispatched
 (`dispatched_at = NULL`); the sweeper hands them over again when Redis is back. For a few seconds after
@@ -15,9 +17,11 @@ reported as done.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from datetime import timedelta
 from functools import lru_cache
 from typing import Any
@@ -42,6 +46,10 @@ PAUSE_AFTER_FAILURE = 5.0  # seconds during which commands leave their rows to t
 _paused_until: dict[str, float] = {}  # Redis URL -> monotonic time until which it is not tried
 
 Row = tuple[int, str]  # (outbox id, queue name)
+BACKGROUND_QUEUES = frozenset({"events"})  # embedded mode: run off the committing thread
+_background: ThreadPoolExecutor | None = None
+_background_jobs: set[Future] = set()
+_background_lock = threading.Lock()
 
 
 def redis_url() -> str | None:
@@ -93,7 +101,10 @@ def enqueue(rows: Sequence[Row], db_url: str | None = None) -> list[int]:
     handed: list[int] = []
     if url is None:
         for outbox_id, name in rows:
-            queue(name, None).enqueue(JOB, outbox_id, db_url, **job_options(outbox_id))
+            if name in BACKGROUND_QUEUES:
+                _in_background(queue(name, None).enqueue, JOB, outbox_id, db_url, **job_options(outbox_id))
+            else:
+                queue(name, None).enqueue(JOB, outbox_id, db_url, **job_options(outbox_id))
             handed.append(outbox_id)
         return handed
     if time.monotonic() < _paused_until.get(url, 0.0):
@@ -110,6 +121,30 @@ def enqueue(rows: Sequence[Row], db_url: str | None = None) -> list[int]:
         _paused_until[url] = time.monotonic() + PAUSE_AFTER_FAILURE
         log.warning("outbox: Redis refused %d job(s), left for the sweeper: %s", len(rows) - len(handed), exc)
     return handed
+
+
+def _in_background(fn, *args, **kwargs) -> None:
+    global _background
+    with _background_lock:
+        if _background is None:
+            _background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="finflow-events")
+        future = _background.submit(fn, *args, **kwargs)
+        _background_jobs.add(future)
+    future.add_done_callback(_background_jobs.discard)
+
+
+def drain_background(timeout: float = 30.0) -> bool:
+    """Wait until the embedded background jobs (and the jobs they led to) have run; False on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with _background_lock:
+            pending = set(_background_jobs)
+        if not pending:
+            return True
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        wait(pending, timeout=remaining)
 
 
 def _prepare_options(outbox_id: int) -> dict[str, Any]:
