@@ -262,3 +262,15 @@ def timers_fire_due() -> None:
     from engine.timers import fire_due
 
     click.echo(f"{fire_due()} timer(s) fired")
+
+
+def _adapter_commands() -> list[click.Command]:
+    """The adapters' command groups (`finflow events`), imported here for the reason `_load_adapters`
+    gives: the CLI is a composition root, the engine proper never imports adapters."""
+    import adapters
+
+    return adapters.cli_commands()
+
+
+for _command in _adapter_commands():
+    main.add_command(_command)

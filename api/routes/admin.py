@@ -45,9 +45,9 @@ class OutboxPageSchema(Schema):
     meta = fields.Nested(PageMetaSchema)
 
 
-def require_admin(user: User) -> None:
+def require_admin(user: User, what: str = "查看和重试出站消息") -> None:
     if ADMIN_ROLE not in user.role_ids:
-        raise Forbidden("仅管理员可以查看和重试出站消息")
+        raise Forbidden(f"仅管理员可以{what}")
 
 
 @blp.route("/outbox")
