@@ -20,6 +20,7 @@ os.environ["FINFLOW_DATA_DIR"] = str(_TMP)
 from sqlalchemy import text  # noqa: E402
 
 from api import create_app  # noqa: E402
+from engine import clock  # noqa: E402
 from engine.db import Base, get_engine, transaction  # noqa: E402
 from engine.history import Actor  # noqa: E402
 from engine.migrate import upgrade  # noqa: E402
@@ -44,7 +45,9 @@ def schema():
 
 @pytest.fixture(autouse=True)
 def db(schema):
-    """Every test starts with the demo company and the three processes deployed, nothing else."""
+    """Every test starts with the demo company and the three processes deployed, nothing else, at the
+    real time (a test that moved the clock does not move the next one's)."""
+    clock.reset()
     tables = [t.name for t in reversed(Base.metadata.sorted_tables)]
     with schema.begin() as conn:
         if conn.dialect.name == "postgresql":
@@ -78,6 +81,9 @@ class ApiClient:
 
     def post(self, path, **kwargs):
         return self._call("post", path, **kwargs)
+
+    def delete(self, path, **kwargs):
+        return self._call("delete", path, **kwargs)
 
 
 @pytest.fixture

@@ -4,8 +4,8 @@ With `REDIS_URL` set, a row becomes a job on the Redis queue its subscription na
 processes to run. Without it (embedded mode, the demo) the same job runs on an rq queue over an
 in-process fakeredis with `is_async=False`: rq calls the job function right away, in this process, so
 the code path is the one workers take. Jobs of the `events` queue (sends to webhooks and brokers) run so
-on one background thread instead of the committing thread, so a slow receiver does not hold up the
-API response; `drain_background` waits for them (tests, and the CLI before it exits).
+on a few background threads instead of the committing thread, so a slow receiver neither holds up the
+API response nor the other receivers; `drain_background` waits for them (tests, the CLI before it exits).
 
 A hand-over that fails (Redis down) is logged and the rows are marked undispatched
 (`dispatched_at = NULL`); the sweeper hands them over again when Redis is back. For a few seconds after
@@ -47,6 +47,7 @@ _paused_until: dict[str, float] = {}  # Redis URL -> monotonic time until which 
 
 Row = tuple[int, str]  # (outbox id, queue name)
 BACKGROUND_QUEUES = frozenset({"events"})  # embedded mode: run off the committing thread
+BACKGROUND_THREADS = 4
 _background: ThreadPoolExecutor | None = None
 _background_jobs: set[Future] = set()
 _background_lock = threading.Lock()
@@ -127,7 +128,7 @@ def _in_background(fn, *args, **kwargs) -> None:
     global _background
     with _background_lock:
         if _background is None:
-            _background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="finflow-events")
+            _background = ThreadPoolExecutor(max_workers=BACKGROUND_THREADS, thread_name_prefix="finflow-events")
         future = _background.submit(fn, *args, **kwargs)
         _background_jobs.add(future)
     future.add_done_callback(_background_jobs.discard)
