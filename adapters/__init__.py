@@ -26,3 +26,11 @@ def load_all() -> list[str]:
     for name in names:
         importlib.import_module(name).load()
     return names
+
+
+def cli_commands() -> list:
+    """The adapters' click command groups for `finflow` (`events`), imported on call so the engine's CLI
+    can add them without importing adapters at module level, and `import adapters` stays light."""
+    from adapters.events.cli import events
+
+    return [events]

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Make sure the local PostgreSQL (127.0.0.1:5432, database `test`) and Redis (127.0.0.1:6379) the
-# integration tests use are installed and running; install them with apt-get when missing.
+# Make sure the local PostgreSQL (127.0.0.1:5432, database `test`), Redis (127.0.0.1:6379) and RabbitMQ
+# (127.0.0.1:5672, guest/guest) the integration tests use are installed and running; install them with
+# apt-get when missing.
 set -euo pipefail
 
 apt_install() {
@@ -36,5 +37,30 @@ ensure_redis() {
   redis-cli -h 127.0.0.1 -p 6379 ping
 }
 
+rabbitmq_up() {
+  python3 - <<'PY' 2>/dev/null
+import socket, sys
+try:
+    with socket.create_connection(("127.0.0.1", 5672), timeout=2) as s:
+        s.sendall(b"AMQP\x00\x00\x09\x01")  # protocol header: a live broker answers with connection.start
+        sys.exit(0 if s.recv(8) else 1)
+except OSError:
+    sys.exit(1)
+PY
+}
+
+ensure_rabbitmq() {
+  if ! command -v rabbitmq-server >/dev/null 2>&1; then echo "installing RabbitMQ"; apt_install rabbitmq-server; fi
+  if ! rabbitmq_up; then
+    echo "starting RabbitMQ"
+    rabbitmq-server -detached || true
+    for _ in $(seq 1 60); do rabbitmq_up && break; sleep 1; done
+  fi
+  # A test stops and starts the broker application; make sure it is not left stopped.
+  rabbitmqctl -q start_app >/dev/null 2>&1 || true
+  rabbitmq_up && echo "RabbitMQ up"
+}
+
 ensure_postgres
 ensure_redis
+ensure_rabbitmq

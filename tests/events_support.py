@@ -12,7 +12,7 @@ import json
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -35,7 +35,7 @@ Answer = tuple[int, dict[str, str], float]  # status, headers, seconds to wait b
 
 @dataclass
 class Received:
-    headers: dict[str, str]
+    headers: Any  # http.client.HTTPMessage: names are case-insensitive, as a real receiver's are
     body: bytes
 
     @property
@@ -56,7 +56,7 @@ class WebhookReceiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):  # noqa: N802  (http.server's naming)
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                request = Received({k.lower(): v for k, v in self.headers.items()}, body)
+                request = Received(self.headers, body)
                 with receiver._lock:
                     n = len(receiver.requests)
                     receiver.requests.append(request)
@@ -90,6 +90,14 @@ class WebhookReceiver:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[WebhookReceiver]:
+    """A webhook receiver answering 200 until the test scripts it otherwise."""
+    server = WebhookReceiver()
+    yield server
+    server.close()
 
 
 @pytest.fixture

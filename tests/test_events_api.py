@@ -8,21 +8,15 @@ import socket
 import pytest
 
 from tests import events_support, outbox_support
-from tests.events_support import AMQP_URL, WebhookReceiver, assert_complete_and_ordered, deliveries, settle
+from tests.events_support import AMQP_URL, assert_complete_and_ordered, deliveries, settle
 from tests.helpers import act, claim, ready_nodes, start
 
 embedded = outbox_support.embedded
 events_out = events_support.events_out
+receiver = events_support.receiver
 pytestmark = pytest.mark.usefixtures("events_out", "embedded")
 ADMIN, EMPLOYEE = "zhangwei", "suxiaoyun"
 PATH = "/api/v1/event-subscriptions"
-
-
-@pytest.fixture
-def receiver():
-    server = WebhookReceiver()
-    yield server
-    server.close()
 
 
 def closed_port() -> int:
@@ -125,6 +119,8 @@ def test_delete_drops_undelivered_events_and_keeps_the_records(app, as_user, rec
     assert admin.get(f"{PATH}/{target}").status_code == 404
     assert admin.get(PATH).get_json()["items"] == []
     assert deliveries(target) and {d.status for d in deliveries(target)} == {"dropped"}
+    records = admin.get(f"{PATH}/{target}/deliveries").get_json()
+    assert records["meta"]["total"] == len(deliveries(target)) and records["items"][0]["status"] == "dropped"
     act(instance_id, ready_nodes(instance_id)[0])  # later events are not recorded for it at all
     settle()
     assert receiver.requests == [] and {d.status for d in deliveries(target)} == {"dropped"}

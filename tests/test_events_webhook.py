@@ -4,22 +4,26 @@ worker killed between sending and recording re-sends the same id, sensitive fiel
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import os
 import signal
 import threading
+import time
 from datetime import timedelta
 
 import pytest
 
 from engine import clock
+from engine.db import transaction
 from engine.demo.driver import drive
 from engine.demo.scenarios import SCENARIOS
+from engine.history import Actor
 from engine.outbox.sweeper import sweep
+from engine.services.instances import withdraw_instance
+from engine.services.tasks import return_task, transfer_task
 from tests import events_support, outbox_support
+from tests.conftest import ROOT
 from tests.events_support import WebhookReceiver, assert_complete_and_ordered, deliveries, settle, subscribe
-from tests.helpers import act, claim, payment, ready_nodes, start
+from tests.helpers import act, claim, payment, ready, ready_nodes, start
 from tests.outbox_support import wait_for
 
 # fixtures from the support modules, found by pytest under these names
@@ -28,23 +32,23 @@ private_redis = outbox_support.private_redis
 redis_url = outbox_support.redis_url
 workers = outbox_support.workers
 events_out = events_support.events_out
+receiver = events_support.receiver
 
 pytestmark = pytest.mark.usefixtures("events_out")
 ADMIN = "zhangwei"
 
 
-@pytest.fixture
-def receiver():
-    server = WebhookReceiver()
-    yield server
-    server.close()
+def readme_snippet() -> str:
+    """The verification snippet exactly as the README documents it."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    after = readme[readme.index("Verifying a delivery"):]
+    return after[after.index("```python") + len("```python"):after.index("```", after.index("```python") + 3)]
 
 
-def verify(secret: str, headers: dict[str, str], body: bytes) -> bool:
-    """The README's verification snippet, as a receiver would run it."""
-    timestamp = headers["x-finflow-timestamp"]
-    expected = "sha256=" + hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
-    return hmac.compare_digest(expected, headers["x-finflow-signature"])
+def documented_verify():
+    namespace: dict = {}
+    exec(compile(readme_snippet(), "README.md", "exec"), namespace)  # noqa: S102  (our own documentation)
+    return namespace["verify"]
 
 
 def retry_due_rows() -> None:
@@ -131,10 +135,12 @@ def test_the_signature_verifies_with_the_documented_snippet_and_not_with_a_wrong
     start("reimbursement", "suxiaoyun", claim())
     settle()
 
-    request = receiver.requests[0]
+    request, verify = receiver.requests[0], documented_verify()
     assert verify(secret, request.headers, request.body)
     assert not verify(secret + "x", request.headers, request.body)
     assert not verify(secret, request.headers, request.body.replace(b"suxiaoyun", b"attacker1"))
+    stale = {**dict(request.headers.items()), "X-Finflow-Timestamp": str(int(time.time()) - 3600)}
+    assert not verify(secret, stale, request.body)
     shown = as_user(ADMIN).get(f"/api/v1/event-subscriptions/{created.get_json()['id']}").get_json()
     assert "secret" not in shown and secret not in str(shown)
 
@@ -197,3 +203,29 @@ def test_sensitive_form_fields_never_leave_in_any_event(embedded, receiver):
     assert not [b for b in bodies if "bank_account" in b or data["bank_account"] in b]
     started = [r.event for r in receiver.requests if r.event["type"] == "com.finflow.instance.started"]
     assert started and all(e["data"]["details"]["data"]["payee"] for e in started)  # the rest is there
+
+
+def test_approval_operations_carry_their_action_comment_and_actor(embedded, receiver):
+    subscribe("webhook", receiver.url, event_types=["task.transferred", "task.returned", "instance.withdrawn"])
+    instance_id = start("reimbursement", "suxiaoyun", claim())
+    [task] = [t for t in ready(instance_id) if t.node_id == "manager_approval"]
+    with transaction() as session:
+        transfer_task(session, Actor(task.candidates[0], "wecom"), task.id, "liuli", "出差，请刘丽代批")
+    act(instance_id, "manager_approval", user="liuli")
+    [reviewing] = ready(instance_id)
+    with transaction() as session:
+        return_task(session, Actor(reviewing.candidates[0]), reviewing.id, "applicant", "发票抬头不对")
+    with transaction() as session:
+        withdraw_instance(session, Actor("suxiaoyun"), instance_id, "不报了")
+    settle()
+
+    data = {e["type"]: e["data"] for e in receiver.events()}
+    assert data["com.finflow.task.transferred"]["action"] == "transfer"
+    assert data["com.finflow.task.transferred"]["comment"] == "出差，请刘丽代批"
+    assert data["com.finflow.task.transferred"]["channel"] == "wecom"
+    assert data["com.finflow.task.transferred"]["node_name"]
+    returned = data["com.finflow.task.returned"]
+    assert (returned["action"], returned["actor_id"], returned["comment"]) == \
+        ("return", reviewing.candidates[0], "发票抬头不对")
+    assert data["com.finflow.instance.withdrawn"]["action"] == "withdraw"
+    assert data["com.finflow.instance.withdrawn"]["status"] == "withdrawn"

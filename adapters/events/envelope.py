@@ -27,8 +27,10 @@ from engine.outbox.delivery import Message
 from engine.services.deployments import model_for
 
 CONTENT_TYPE = "application/json"
-# History payload keys a consumer needs at the top level of `data`.
-_LIFTED = ("action", "comment")
+# The action an event stands for when its payload names none (task.completed carries its own).
+ACTIONS = {"task.returned": "return", "task.transferred": "transfer", "task.delegated": "delegate",
+           "task.signers_added": "add_signers", "task.auto_approved": "approve", "task.urged": "urge",
+           "task.escalated": "escalate", "instance.withdrawn": "withdraw", "instance.cancelled": "cancel"}
 
 
 def deployment() -> str:
@@ -52,7 +54,8 @@ def build(session: Session, message: Message) -> CloudEvent:
         "task_id": event.get("task_id"), "node_id": event.get("node_id"),
         "node_name": version.node_names.get(event.get("node_id") or ""),
         "actor_id": event.get("actor_id"), "channel": event.get("channel"),
-        **{key: details.get(key) for key in _LIFTED},
+        "action": details.get("action") or details.get("opinion") or ACTIONS.get(message.event_type),
+        "comment": details.get("comment") or details.get("reason"),
         "details": details,
     }
     attributes = {

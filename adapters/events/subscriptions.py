@@ -81,10 +81,11 @@ def list_all(session: Session, include_deleted: bool = False) -> list[EventSubsc
     return list(session.scalars(stmt))
 
 
-def get(session: Session, subscription_id: str, *, lock: bool = False) -> EventSubscription:
+def get(session: Session, subscription_id: str, *, lock: bool = False,
+        include_deleted: bool = False) -> EventSubscription:
     stmt = select(EventSubscription).where(EventSubscription.id == subscription_id)
     found = session.scalar(stmt.with_for_update() if lock else stmt)
-    if found is None or found.status == "deleted":
+    if found is None or (found.status == "deleted" and not include_deleted):
         raise NotFound(f"事件订阅 {subscription_id} 不存在", {"subscription_id": subscription_id})
     return found
 
@@ -119,8 +120,9 @@ def counts(session: Session, subscription_ids: list[str]) -> dict[str, dict[str,
     """Deliveries per subscription and status, plus `failing` (pending after a failed attempt)."""
     o = OutboxMessage
     result: dict[str, dict[str, int]] = {i: dict.fromkeys(DELIVERY_FILTERS, 0) for i in subscription_ids}
-    rows = session.execute(select(o.target, o.status, o.attempts > 0, func.count()).where(
-        o.subscription == SUBSCRIPTION, o.target.in_(subscription_ids)).group_by(o.target, o.status, o.attempts > 0))
+    failed = o.attempts > 0  # one expression object: PostgreSQL must see the same one in GROUP BY
+    rows = session.execute(select(o.target, o.status, failed, func.count()).where(
+        o.subscription == SUBSCRIPTION, o.target.in_(subscription_ids)).group_by(o.target, o.status, failed))
     for target, status, failed, count in rows:
         result[target][status] += count
         if status == "pending" and failed:
@@ -130,8 +132,9 @@ def counts(session: Session, subscription_ids: list[str]) -> dict[str, dict[str,
 
 def deliveries(session: Session, subscription_id: str, status: str | None = None, page: int = 1,
                per_page: int = 20) -> tuple[list[OutboxMessage], int]:
-    """The subscription's deliveries newest first; `failing` = still pending after a failed attempt."""
-    get(session, subscription_id)
+    """The subscription's deliveries newest first (a deleted one's too); `failing` = still pending after a
+    failed attempt."""
+    get(session, subscription_id, include_deleted=True)
     o = OutboxMessage
     stmt = select(o).where(o.subscription == SUBSCRIPTION, o.target == subscription_id)
     if status == "failing":

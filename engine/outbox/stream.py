@@ -85,44 +85,65 @@ def deliver(outbox_id: int, database_url: str | None = None, *, now: datetime | 
     """Deliver the stream of `outbox_id` (up to what is due); returns that row's status afterwards."""
     policy = Policy.from_env()
     budget = time.monotonic() + policy.job_timeout / 2  # leave rq's job timeout a margin
-    while time.monotonic() < budget:
-        batch = _claim(outbox_id, database_url, now or clock.now(), policy)
+    key, status = _stream_of(outbox_id, database_url)
+    if status != "pending":
+        return status
+    while True:
+        batch = _claim(key, database_url, now or clock.now(), policy)
         if batch is None:
             break
         _send(batch)
         if not _settle(batch, database_url, now or clock.now(), policy):
             break
-    with transaction(database_url, readonly=True) as session:
-        return session.scalar(select(OutboxMessage.status).where(OutboxMessage.id == outbox_id)) or "missing"
+        if time.monotonic() > budget:
+            _hand_over(key, database_url)  # a fresh job goes on with the stream
+            break
+    return _stream_of(outbox_id, database_url)[1]
 
 
-def _claim(outbox_id: int, database_url: str | None, now: datetime, policy: Policy) -> _Batch | None:
+def _stream_of(outbox_id: int, database_url: str | None) -> tuple[tuple[str, str, str], str]:
     o = OutboxMessage
+    with transaction(database_url, readonly=True) as session:
+        row = session.execute(select(o.subscription, o.target, o.instance_id, o.status)
+                              .where(o.id == outbox_id)).first()
+    if row is None:
+        log.warning("outbox: row %s does not exist (job for another database?)", outbox_id)
+        return ("", "", ""), "missing"
+    return (row.subscription, row.target, row.instance_id), row.status
+
+
+def _hand_over(key: tuple[str, str, str], database_url: str | None) -> None:
+    with transaction(database_url, readonly=True) as session:
+        head = next(iter(_pending(session, key)), None)
+        rows = [(head.id, head.queue)] if head is not None else []
+    dispatch.dispatch(rows, database_url)
+
+
+def _claim(key: tuple[str, str, str], database_url: str | None, now: datetime, policy: Policy) -> _Batch | None:
+    """Mark the stream's due rows in flight and prepare their sender; None when there is nothing to send
+    now. Called again after every settle, so rows committed while a batch was sent are not left behind."""
     with transaction(database_url) as session:
-        row = session.get(o, outbox_id)
-        if row is None or row.status != "pending":
-            return None
-        key = (row.subscription, row.target, row.instance_id)
         _lock(session, key)
         rows = _pending(session, key)
         head = rows[0] if rows else None
         if head is None or (head.claimed_until is not None and head.claimed_until > now):
-            return None  # drained, or in flight in another job, which takes new rows before it stops
+            return None  # drained, or in flight in another job, which claims again after it settles
         if head.next_attempt_at > now:
             _wait(rows[1:], head.next_attempt_at)  # behind a retry: sent when the head is
             return None
-        subscription = events.subscription(row.subscription)
+        subscription_name, target, _ = key
+        subscription = events.subscription(subscription_name)
         if subscription is None:
             _wait(rows, now + policy.lease_delta)
             log.error("outbox: subscription %r is not loaded in this process (check FINFLOW_PLUGINS)",
-                      row.subscription)
+                      subscription_name)
             return None
         failing_until = _target_failing_until(session, key, now) if head.attempts == 0 else None
         if failing_until is not None:
             _wait(rows, failing_until)
             return None
         messages = [message(r) for r in rows]
-        prepared = subscription.handler(session, row.target, messages)
+        prepared = subscription.handler(session, target, messages)
         if isinstance(prepared, Hold):
             _wait(rows, prepared.until)
             return None
