@@ -9,6 +9,7 @@ published while it is not reading (or while the broker restarts) wait for it.
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import threading
 import time
@@ -97,6 +98,7 @@ def receiver() -> Iterator[WebhookReceiver]:
     """A webhook receiver answering 200 until the test scripts it otherwise."""
     server = WebhookReceiver()
     yield server
+    dispatch.drain_background()  # nothing of this test still sending when the next one starts
     server.close()
 
 
@@ -108,6 +110,13 @@ def events_out():
     adapters.events.load()
     yield
     events.unsubscribe(SUBSCRIPTION)
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 nothing listens on (an unreachable destination)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def rabbitmq_up() -> bool:

@@ -3,12 +3,10 @@ administrators manage subscriptions, and pause / resume / delete do what an inte
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 
 from tests import events_support, outbox_support
-from tests.events_support import AMQP_URL, assert_complete_and_ordered, deliveries, settle
+from tests.events_support import AMQP_URL, assert_complete_and_ordered, closed_port, deliveries, settle
 from tests.helpers import act, claim, ready_nodes, start
 
 embedded = outbox_support.embedded
@@ -17,12 +15,6 @@ receiver = events_support.receiver
 pytestmark = pytest.mark.usefixtures("events_out", "embedded")
 ADMIN, EMPLOYEE = "zhangwei", "suxiaoyun"
 PATH = "/api/v1/event-subscriptions"
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def body(**overrides):

@@ -5,10 +5,7 @@ bad arguments are one clear error naming the field and leave nothing behind."""
 from __future__ import annotations
 
 import re
-import socket
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pika
 import pytest
@@ -21,52 +18,18 @@ from engine.cli import main
 from engine.db import transaction
 from engine.outbox.dispatch import drain_background
 from engine.outbox.models import OutboxMessage
+from tests import events_support, outbox_support
+from tests.events_support import closed_port
 from tests.helpers import claim, start
 
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 EXCHANGE = "finflow.test.cli"
 
 
-class Receiver:
-    """A real webhook endpoint on 127.0.0.1 that answers 200 and counts the requests."""
-
-    def __init__(self) -> None:
-        self.requests = 0
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802  (http.server's naming)
-                self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                receiver.requests += 1
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_port}/hooks/finflow"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture(autouse=True)
-def embedded(monkeypatch) -> None:
-    """No REDIS_URL: deliveries run on this process's background thread (drain_background waits)."""
-    monkeypatch.delenv("REDIS_URL", raising=False)
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    server = Receiver()
-    yield server
-    drain_background()
-    server.close()
+# fixtures from the support modules, found by pytest under these names
+embedded = outbox_support.embedded
+receiver = events_support.receiver
+pytestmark = pytest.mark.usefixtures("embedded")
 
 
 def run(*args: str) -> Result:
@@ -90,12 +53,6 @@ def rows_of(subscription_id: str) -> list[OutboxMessage]:
         return list(session.scalars(select(OutboxMessage).where(
             OutboxMessage.subscription == SUBSCRIPTION, OutboxMessage.target == subscription_id)
             .order_by(OutboxMessage.id)))
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_create_webhook_prints_the_secret_once_and_list_never(receiver):
@@ -177,7 +134,7 @@ def test_deliveries_and_retry_of_dead_deliveries(receiver):
     instance_id = start("reimbursement", "suxiaoyun", claim())
     assert drain_background()
     rows = rows_of(subscription_id)
-    assert rows and {r.status for r in rows} == {"pending"} and receiver.requests == 0
+    assert rows and {r.status for r in rows} == {"pending"} and not receiver.requests
 
     listed = run("deliveries", subscription_id)
     assert listed.exit_code == 0, listed.output
@@ -209,7 +166,7 @@ def test_deliveries_and_retry_of_dead_deliveries(receiver):
 
     resumed = run("resume", subscription_id)  # waits for the background sends before returning
     assert resumed.exit_code == 0, resumed.output
-    assert rows_of(subscription_id)[0].status == "done" and receiver.requests >= 1
+    assert rows_of(subscription_id)[0].status == "done" and receiver.requests
 
 
 def test_bad_retry_and_deliveries_arguments(receiver):

@@ -119,3 +119,21 @@ def test_broker_stopped_while_approvals_continue_every_event_arrives_after_it_re
              message=f"the outbox to drain after the outage\n{workers.logs()}")
     events = consumer.wait_for_events(len(deliveries()))
     assert_complete_and_ordered(events)
+
+
+def test_a_worker_killed_after_the_broker_confirmed_but_before_recording_resends_the_same_id(
+        redis_url, workers, consumer, tmp_path):
+    worker_env = {"FINFLOW_PLUGINS": "tests.plugins_crash", "FINFLOW_OUTBOX_LEASE": "2",
+                  "FINFLOW_SWEEP_INTERVAL": "0.5"}
+    subscribe("rabbitmq", AMQP_URL, exchange=consumer.exchange)
+    first = workers.start(redis_url, "--queues", "events", env=worker_env)
+    drive(SCENARIOS[0])
+    wait_for(lambda: first.poll() is not None, message=f"the worker to die after publishing\n{workers.logs()}")
+    assert first.returncode == -9
+    lost = (tmp_path / "crashed-after-publish").read_text()
+
+    workers.start(redis_url, "--queues", "events", env=worker_env)
+    wait_for(lambda: {d.status for d in deliveries()} == {"done"}, message=f"delivery\n{workers.logs()}")
+    events = consumer.wait_for_events(len(deliveries()))
+    assert [e["id"] for e in events].count(lost) == 2  # published, confirmed, lost by the crash, sent again
+    assert_complete_and_ordered(events)
