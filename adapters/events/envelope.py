@@ -80,8 +80,12 @@ _FACTS: dict[tuple[int, str], _VersionFacts] = {}  # by (version id, content has
 def _version(session: Session, version_id: int | None) -> _VersionFacts:
     if version_id is None:
         return _VersionFacts(None, {}, frozenset())
-    number, digest = session.execute(select(ProcessVersion.version, ProcessVersion.content_hash)
-                                     .where(ProcessVersion.id == version_id)).one()
+    known: dict[int, tuple[int, str]] = session.info.setdefault("events.versions", {})  # once per transaction
+    if version_id not in known:
+        number, digest = session.execute(select(ProcessVersion.version, ProcessVersion.content_hash)
+                                         .where(ProcessVersion.id == version_id)).one()
+        known[version_id] = (number, digest)
+    number, digest = known[version_id]
     cached = _FACTS.get((version_id, digest))
     if cached is None:
         model = model_for(session, version_id, digest)

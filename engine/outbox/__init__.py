@@ -53,7 +53,21 @@ def record(session: Session, instance: Instance, history_rows: list[dict[str, An
     table = OutboxMessage.__table__
     result = session.connection().execute(
         table.insert().returning(table.c.id, table.c.queue, sort_by_parameter_order=True), rows)
-    dispatch_after_commit(session, [(outbox_id, queue) for outbox_id, queue in result])
+    dispatch_after_commit(session, _jobs(rows, list(result)))
+
+
+def _jobs(rows: list[dict[str, Any]], inserted: list[Any]) -> list[tuple[int, str]]:
+    """What to enqueue: every in-database row, but one job per external stream, for its first new row:
+    a stream job sends the stream's rows in order, so jobs for the others would find nothing to do."""
+    jobs, streams = [], set()
+    for row, (outbox_id, queue) in zip(rows, inserted, strict=True):
+        if row["stream_seq"] is not None:
+            stream = (row["subscription"], row["target"])
+            if stream in streams:
+                continue
+            streams.add(stream)
+        jobs.append((outbox_id, queue))
+    return jobs
 
 
 def _number_streams(session: Session, instance_id: str, rows: list[dict[str, Any]]) -> None:

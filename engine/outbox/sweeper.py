@@ -49,8 +49,6 @@ def sweep(database_url: str | None = None, *, now: datetime | None = None, batch
         if missed:
             dispatch.mark_undispatched(missed, database_url)
             break  # Redis went away mid-sweep: the next sweep continues
-        if len(rows) < batch:
-            break
     if total:
         log.info("outbox: swept %d row(s) back to the queue", total)
     return total
@@ -58,21 +56,37 @@ def sweep(database_url: str | None = None, *, now: datetime | None = None, batch
 
 def claim(database_url: str | None = None, *, now: datetime | None = None,
           batch: int = BATCH) -> list[dispatch.Row]:
-    """Claim up to `batch` due rows for this sweeper (committed before any job is enqueued)."""
+    """Claim up to `batch` due rows for this sweeper (committed before any job is enqueued); returns the
+    jobs to enqueue for them."""
     now = now or clock.now()
     policy = Policy.from_env()
     o = OutboxMessage
     due = and_(o.status == "pending", or_(and_(o.dispatched_at.is_(None), o.next_attempt_at <= now),
                                           o.next_attempt_at <= now - policy.lease_delta))
     with transaction(database_url) as session:
-        stmt = select(o.id, o.queue).where(due).order_by(o.next_attempt_at, o.id).limit(batch)
+        stmt = (select(o.id, o.queue, o.subscription, o.target, o.instance_id, o.stream_seq).where(due)
+                .order_by(o.next_attempt_at, o.id).limit(batch))
         if is_postgres(session):
             stmt = stmt.with_for_update(skip_locked=True)
-        rows = [(outbox_id, queue) for outbox_id, queue in session.execute(stmt)]
-        if rows:
-            session.execute(update(o).where(o.id.in_([r[0] for r in rows]))
+        claimed = session.execute(stmt).all()
+        if claimed:
+            session.execute(update(o).where(o.id.in_([r.id for r in claimed]))
                             .values(dispatched_at=now, next_attempt_at=now))
-    return rows
+    return _one_job_per_stream(claimed)
+
+
+def _one_job_per_stream(claimed: Sequence) -> list[dispatch.Row]:
+    """Every in-database row gets its job; an external stream (rows with a `stream_seq`) gets one, for its
+    earliest row: that job sends the stream's rows in order (engine/outbox/stream.py)."""
+    jobs, streams = [], set()
+    for row in sorted(claimed, key=lambda r: r.id):
+        if row.stream_seq is not None:
+            stream = (row.subscription, row.target, row.instance_id)
+            if stream in streams:
+                continue
+            streams.add(stream)
+        jobs.append((row.id, row.queue))
+    return jobs
 
 
 class SweeperThread(threading.Thread):
