@@ -3,6 +3,7 @@ administrators manage subscriptions, and pause / resume / delete do what an inte
 
 from __future__ import annotations
 
+import pika
 import pytest
 
 from tests import events_support, outbox_support
@@ -116,3 +117,17 @@ def test_delete_drops_undelivered_events_and_keeps_the_records(app, as_user, rec
     act(instance_id, ready_nodes(instance_id)[0])  # later events are not recorded for it at all
     settle()
     assert receiver.requests == [] and {d.status for d in deliveries(target)} == {"dropped"}
+
+
+def test_an_exchange_of_another_type_is_refused_naming_the_exchange(app, as_user):
+    events_support.require_rabbitmq()
+    channel = pika.BlockingConnection(pika.URLParameters(AMQP_URL)).channel()
+    channel.exchange_declare("finflow.test.direct", exchange_type="direct", durable=True)
+    try:
+        response = as_user(ADMIN).post(PATH, json=body(kind="rabbitmq", url=AMQP_URL,
+                                                       exchange="finflow.test.direct"))
+        assert response.status_code == 422
+        assert "PRECONDITION_FAILED" in str(response.get_json()["error"]["details"]["fields"]["exchange"])
+    finally:
+        channel.exchange_delete("finflow.test.direct")
+        channel.connection.close()
