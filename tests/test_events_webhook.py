@@ -229,3 +229,22 @@ def test_approval_operations_carry_their_action_comment_and_actor(embedded, rece
         ("return", reviewing.candidates[0], "发票抬头不对")
     assert data["com.finflow.instance.withdrawn"]["action"] == "withdraw"
     assert data["com.finflow.instance.withdrawn"]["status"] == "withdrawn"
+
+
+def test_a_failing_receiver_is_tried_once_per_backoff_not_once_per_new_event(embedded, receiver):
+    receiver.answer = lambda n, r: (503, {}, 0.0) if n == 0 else (200, {}, 0.0)
+    target, _ = subscribe("webhook", receiver.url, event_types=["instance.started"])
+    start("reimbursement", "suxiaoyun", claim())
+    settle()
+    [failed] = deliveries(target)
+    for _ in range(4):  # new instances while the receiver is failing
+        start("reimbursement", "suxiaoyun", claim())
+        settle()
+
+    assert len(receiver.requests) == 1  # the breaker held the four new events instead of trying each
+    held = [d for d in deliveries(target) if d.id != failed.id]
+    assert {(d.status, d.attempts) for d in held} == {("pending", 0)}
+    assert all(d.next_attempt_at >= failed.next_attempt_at for d in held)
+    retry_due_rows()
+    assert {d.status for d in deliveries(target)} == {"done"}
+    assert len(receiver.requests) == 6 and len({r.event["id"] for r in receiver.requests}) == 5  # 1 failed + 5
