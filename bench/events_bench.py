@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import signal
 import subprocess
 import sys
@@ -43,33 +42,36 @@ os.environ["FINFLOW_EVENTS_BENCH_DIR"] = str(WORKDIR)
 # The engine (and the workers, which inherit this environment) must use the bench's database and Redis.
 os.environ["FINFLOW_DATA_DIR"] = str(WORKDIR)
 
+import common  # noqa: E402 (bench/, the script's directory, is on sys.path)
 import pika  # noqa: E402
 import redis  # noqa: E402
 import rq  # noqa: E402
 import sqlalchemy  # noqa: E402
-from sqlalchemy import create_engine, func, select, text, update  # noqa: E402
+from common import (  # noqa: E402
+    drive_paced,
+    fresh_database,
+    header,
+    jobs_held_back,
+    listening_workers,
+    percentile,
+    postgres_version,
+    spread,
+    start_worker,
+    stop_processes,
+    use_services,
+    wait_until,
+    worker_env,
+)
+from sqlalchemy import func, select, update  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
 import adapters  # noqa: E402
 from adapters.events import SUBSCRIPTION  # noqa: E402
 from adapters.events import subscriptions as event_subscriptions  # noqa: E402
-from engine import migrate  # noqa: E402
-from engine.config import normalize_database_url  # noqa: E402
-from engine.db import Base, after_commit, get_engine, transaction  # noqa: E402
-from engine.history import Actor  # noqa: E402
-from engine.org.directory import load_demo_org  # noqa: E402
-from engine.outbox import dispatch  # noqa: E402
+from engine.db import transaction  # noqa: E402
 from engine.outbox.models import OutboxMessage  # noqa: E402
 from engine.outbox.sweeper import sweep  # noqa: E402
-from engine.services.deployments import deploy_directory  # noqa: E402
-from engine.services.instances import start_instance  # noqa: E402
-from engine.services.queries import current_tasks  # noqa: E402
-from engine.services.tasks import complete_task  # noqa: E402
 
-FINFLOW = Path(sys.executable).parent / "finflow"
-CLAIM = {"category": "办公", "amount": 1200, "reason": "采购办公用品",
-         "invoices": [{"number": "044031900111", "amount": 1200, "date": "2026-11-02"}]}
-STARTER = "suxiaoyun"
 WARMUP_COMMANDS = 8  # per worker, before each latency run
 RECEIPT_GRACE = 30.0  # seconds the consumer may lag behind the last confirm before ids count as missing
 
@@ -79,12 +81,6 @@ _T0 = time.monotonic()
 
 def log(message: str) -> None:
     print(f"[{time.monotonic() - _T0:5.0f} s] {message}", file=sys.stderr, flush=True)
-
-
-def percentile(values: list[float], pct: float) -> float:
-    """Nearest-rank percentile."""
-    ordered = sorted(values)
-    return ordered[max(0, -(-len(ordered) * pct // 100) - 1)] if ordered else float("nan")
 
 
 # -- receivers (child processes: `events_bench.py --receiver webhook|rabbitmq`) ----------------------
@@ -175,44 +171,10 @@ _CHILDREN: list[subprocess.Popen] = []  # every worker and receiver started; all
 def _stop(process: subprocess.Popen) -> None:
     if process in _CHILDREN:
         _CHILDREN.remove(process)
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        process.wait(30)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+    stop_processes([process])
 
 
 # -- set-up -----------------------------------------------------------------------------------------
-
-
-def fresh_database(url: str) -> str:
-    """Create the bench database when missing, then rebuild finflow's schema in it from the migrations."""
-    url = normalize_database_url(url)
-    target = make_url(url)
-    if target.get_backend_name() != "postgresql":
-        raise SystemExit("the events benchmark needs PostgreSQL (--pg-url)")
-    if target.database in ("test", "postgres"):
-        raise SystemExit(f"refusing to drop tables in the {target.database!r} database; use a bench database")
-    admin = create_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as connection:
-            if not connection.scalar(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": target.database}):
-                connection.execute(text(f'CREATE DATABASE "{target.database}"'))
-    finally:
-        admin.dispose()
-    engine = get_engine(url)
-    Base.metadata.drop_all(engine)
-    with engine.begin() as connection:
-        connection.execute(text("DROP TABLE IF EXISTS alembic_version"))
-    migrate.upgrade(url)
-    with transaction(url) as session:
-        load_demo_org(session)
-        deploy_directory(session, ROOT / "processes", Actor(None, "cli"))
-    return url
 
 
 def subscribe(url: str, kind: str, destination: str) -> str:
@@ -234,43 +196,12 @@ def unsubscribe(url: str, subscription_id: str) -> None:
 # -- driving commands -------------------------------------------------------------------------------
 
 
-class Driver:
-    """Reimbursements of 1,200 (start, then 3 approvals) through the service layer, one command per
-    transaction; the next task is read afterwards in a read-only transaction, so the command's own
-    transaction is only the command. An instance is driven to completion before the next one starts.
-    Each command's commit time is taken by an after-commit callback registered first, so it runs before
-    the outbox hands the command's rows to Redis."""
+class Driver(common.Driver):
+    """The shared driver (bench/common.py), with the next task read afterwards in a read-only transaction,
+    so the command's own transaction is only the command. An instance is driven to completion before the
+    next one starts."""
 
-    def __init__(self, url: str):
-        self.url = url
-        self.open: list[tuple[str, str]] = []  # (task id, candidate) ready to act on
-        self.commits: dict[str, list[tuple[int, float]]] = {}  # instance id -> [(last seq, commit time)]
-
-    def command(self, act: Callable, instance_of: Callable) -> None:
-        stamp: dict[str, float] = {}
-        with transaction(self.url) as session:
-            after_commit(session, lambda: stamp.setdefault("at", time.time()))
-            instance = instance_of(act(session))
-            instance_id, last_seq = instance.id, instance.last_seq
-        self.commits.setdefault(instance_id, []).append((last_seq, stamp["at"]))
-        with transaction(self.url, readonly=True) as session:  # what to act on next, outside the command
-            self.open.extend((t.id, t.candidates[0]) for t in current_tasks(session, instance_id)
-                             if t.status == "ready")
-
-    def commit_time(self, instance_id: str, seq: int) -> float | None:
-        for last_seq, at in self.commits.get(instance_id, []):
-            if seq <= last_seq:
-                return at
-        return None
-
-    def step(self) -> None:
-        if self.open:
-            task_id, user = self.open.pop(0)
-            self.command(lambda s: complete_task(s, Actor(user, "bench"), task_id, "approve", "同意", {}),
-                         lambda result: result[1])
-        else:
-            self.command(lambda s: start_instance(s, Actor(STARTER, "bench"), "reimbursement", CLAIM),
-                         lambda instance: instance)
+    tasks_apart = True
 
 
 # -- workers ----------------------------------------------------------------------------------------
@@ -278,16 +209,11 @@ class Driver:
 
 class Workers:
     def __init__(self, count: int, url: str, redis_url: str, sweep_interval: float, label: str):
-        env = {**os.environ, "DATABASE_URL": url, "REDIS_URL": redis_url,
-               "FINFLOW_SWEEP_INTERVAL": f"{sweep_interval:g}",
-               "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
+        env = worker_env(url, redis_url, FINFLOW_SWEEP_INTERVAL=f"{sweep_interval:g}")
         self.processes: list[subprocess.Popen] = []
         self.logs = [WORKDIR / f"worker-{label}-{i}.log" for i in range(count)]
         for path in self.logs:
-            with open(path, "ab") as out:
-                self.processes.append(subprocess.Popen(
-                    [str(FINFLOW), "worker", "--queues", "events"], cwd=ROOT, env=env, stdout=out,
-                    stderr=subprocess.STDOUT, start_new_session=True))
+            self.processes.append(start_worker(["--queues", "events"], env, path))
             _CHILDREN.append(self.processes[-1])
         self.redis = redis.Redis.from_url(redis_url)
         if not wait_for(self.idle, f"{count} worker(s) to listen", 60):
@@ -295,9 +221,7 @@ class Workers:
 
     def idle(self) -> bool:
         """Every worker listening with no job, and nothing queued on `events`."""
-        pids = {p.pid for p in self.processes}
-        listening = sum(self.redis.hget(k, "state") == b"idle" and int(self.redis.hget(k, "pid") or 0) in pids
-                        for k in self.redis.smembers("rq:workers"))
+        listening = listening_workers(self.redis, {p.pid for p in self.processes})
         return listening == len(self.processes) and not self.redis.llen("rq:queue:events")
 
     def stop(self) -> None:
@@ -315,13 +239,10 @@ class Workers:
 
 
 def wait_for(predicate: Callable[[], object], what: str, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            log(f"  timed out after {timeout:g} s waiting for {what}")
-            return False
-        time.sleep(0.05)
-    return True
+    if wait_until(predicate, timeout):
+        return True
+    log(f"  timed out after {timeout:g} s waiting for {what}")
+    return False
 
 
 def event_rows(url: str, first_id: int = 0, last_id: int | None = None):
@@ -374,9 +295,7 @@ def build_backlog(url: str, events: int, instances: int | None) -> int:
     """Whole instances until at least `events` events.publish rows exist (or `instances` instances
     completed), with their jobs held back (the throughput runs enqueue them themselves, all at once);
     returns the last outbox id of the backlog."""
-    real_enqueue = dispatch.enqueue
-    dispatch.enqueue = lambda rows_, db_url=None: [outbox_id for outbox_id, _ in rows_]  # hold the jobs back
-    try:
+    with jobs_held_back():
         driver, started = Driver(url), 0
         while True:
             if not driver.open:  # between instances
@@ -384,8 +303,6 @@ def build_backlog(url: str, events: int, instances: int | None) -> int:
                     break
                 started += 1
             driver.step()
-    finally:
-        dispatch.enqueue = real_enqueue
     return max_id(url)
 
 
@@ -435,13 +352,7 @@ def latency(url: str, args, receiver: Receiver, count: int) -> dict:
         wait_for(workers.idle, "the warm-up's remaining jobs", args.timeout)  # so the first command waits for none
         first_id, offset = max_id(url), receiver.offset()
         driver = Driver(url)
-        t0 = time.perf_counter()
-        for i in range(args.commands):
-            delay = t0 + i / args.rate - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
-            driver.step()
-        drive_seconds = time.perf_counter() - t0
+        drive_seconds = drive_paced(driver, args.commands, args.rate)
         last_id = max_id(url)
         total = len(event_rows(url, first_id, last_id))
         drained = wait_for(lambda: done_count(url, first_id, last_id) == total, "the events to be delivered",
@@ -471,9 +382,7 @@ def summarize(url: str, first_id: int, last_id: int) -> dict:
     samples = [(r.done_at - r.created_at).total_seconds() * 1000 for r in done]
     return {"events": len(rows), "done": len(done), "pending": sum(r.status == "pending" for r in rows),
             "dead": sum(r.status == "dead" for r in rows), "retried": sum(r.attempts > 1 for r in rows),
-            "last_done": max((r.done_at for r in done), default=None),
-            "p50": percentile(samples, 50), "p90": percentile(samples, 90), "p99": percentile(samples, 99),
-            "max": max(samples, default=float("nan"))}
+            "last_done": max((r.done_at for r in done), default=None), **spread(samples)}
 
 
 # -- main -------------------------------------------------------------------------------------------
@@ -515,16 +424,7 @@ def main() -> None:
     if not targets or set(targets) - {"rabbitmq", "webhook"}:
         raise SystemExit("--targets: use rabbitmq and/or webhook")
 
-    url = normalize_database_url(args.pg_url)
-    os.environ["DATABASE_URL"] = url
-    os.environ["REDIS_URL"] = args.redis_url
-    try:
-        connection = redis.Redis.from_url(args.redis_url)
-        redis_version = connection.info("server")["redis_version"]
-        connection.flushdb()  # this bench's own database number
-    except redis.RedisError as exc:
-        raise SystemExit(f"Redis at {args.redis_url} is not usable ({exc}); "
-                         "start it with scripts/services.sh") from None
+    url, redis_version = use_services(args.pg_url, args.redis_url, flush=True)  # this bench's own database number
     rabbit_version = "-"
     if "rabbitmq" in targets:
         try:
@@ -536,10 +436,9 @@ def main() -> None:
         rabbit_version = rabbit_version.decode() if isinstance(rabbit_version, bytes) else str(rabbit_version)
         probe.close()
     log(f"setting up {make_url(url).render_as_string(hide_password=True)} and {args.redis_url}")
-    fresh_database(url)
+    fresh_database(url, "events")
     adapters.load_all()
-    with get_engine(url).connect() as db:
-        pg_version = db.scalar(text("SHOW server_version"))
+    pg_version = postgres_version(url)
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally below
     receivers: dict[str, Receiver] = {}
@@ -579,11 +478,10 @@ def main() -> None:
             except (pika.exceptions.AMQPError, OSError):
                 pass
 
-    print(f"finflow events benchmark — {platform.platform()}, {os.cpu_count()} CPU, "
-          f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    print(f"Python {platform.python_version()}, rq {rq.__version__}, redis-py {redis.__version__}, "
-          f"pika {pika.__version__}, SQLAlchemy {sqlalchemy.__version__}, PostgreSQL {pg_version}, "
-          f"Redis {redis_version}, RabbitMQ {rabbit_version}")
+    print(header("finflow events benchmark", [("rq", rq.__version__), ("redis-py", redis.__version__),
+                                              ("pika", pika.__version__), ("SQLAlchemy", sqlalchemy.__version__),
+                                              ("PostgreSQL", pg_version), ("Redis", redis_version),
+                                              ("RabbitMQ", rabbit_version)]))
     print("events.publish: one CloudEvent per history event to one subscription to \"*\"; latency = outbox "
           "done_at (delivery settled after the broker confirm / the webhook's 2xx) − created_at (the command, "
           "just before its commit)\n")

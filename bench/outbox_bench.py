@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,29 +33,32 @@ os.environ["FINFLOW_DATA_DIR"] = str(WORKDIR)
 import redis  # noqa: E402
 import rq  # noqa: E402
 import sqlalchemy  # noqa: E402
+from common import (  # noqa: E402 (bench/, the script's directory, is on sys.path)
+    Driver,
+    drive_paced,
+    fresh_database,
+    header,
+    jobs_held_back,
+    listening_workers,
+    postgres_version,
+    spread,
+    start_worker,
+    stop_processes,
+    use_services,
+    wait_until,
+    worker_env,
+)
 from rq import Queue  # noqa: E402
-from sqlalchemy import create_engine, func, select, text, update  # noqa: E402
+from sqlalchemy import func, select, update  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
 import adapters  # noqa: E402
 from adapters.inbox.models import Notification  # noqa: E402
-from engine import migrate  # noqa: E402
-from engine.config import normalize_database_url  # noqa: E402
-from engine.db import Base, after_commit, get_engine, transaction  # noqa: E402
+from engine.db import transaction  # noqa: E402
 from engine.events import QUEUES  # noqa: E402
-from engine.history import Actor  # noqa: E402
-from engine.org.directory import load_demo_org  # noqa: E402
 from engine.outbox import dispatch  # noqa: E402
 from engine.outbox.models import OutboxMessage  # noqa: E402
-from engine.services.deployments import deploy_directory  # noqa: E402
-from engine.services.instances import start_instance  # noqa: E402
-from engine.services.queries import current_tasks  # noqa: E402
-from engine.services.tasks import complete_task  # noqa: E402
 
-FINFLOW = Path(sys.executable).parent / "finflow"
-CLAIM = {"category": "办公", "amount": 1200, "reason": "采购办公用品",
-         "invoices": [{"number": "044031900111", "amount": 1200, "date": "2026-11-02"}]}
-STARTER = "suxiaoyun"
 WAIT_SECONDS = 300
 WARMUP_COMMANDS = 12  # per worker, before each latency run
 
@@ -67,39 +67,7 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def percentile(values: list[float], pct: float) -> float:
-    """Nearest-rank percentile."""
-    ordered = sorted(values)
-    return ordered[max(0, -(-len(ordered) * pct // 100) - 1)] if ordered else float("nan")
-
-
 # -- set-up -----------------------------------------------------------------------------------------
-
-
-def fresh_database(url: str) -> str:
-    """Create the bench database when missing, then rebuild finflow's schema in it from the migrations."""
-    url = normalize_database_url(url)
-    target = make_url(url)
-    if target.get_backend_name() != "postgresql":
-        raise SystemExit("the outbox benchmark needs PostgreSQL (--pg-url)")
-    if target.database in ("test", "postgres"):
-        raise SystemExit(f"refusing to drop tables in the {target.database!r} database; use a bench database")
-    admin = create_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as connection:
-            if not connection.scalar(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": target.database}):
-                connection.execute(text(f'CREATE DATABASE "{target.database}"'))
-    finally:
-        admin.dispose()
-    engine = get_engine(url)
-    Base.metadata.drop_all(engine)
-    with engine.begin() as connection:
-        connection.execute(text("DROP TABLE IF EXISTS alembic_version"))
-    migrate.upgrade(url)
-    with transaction(url) as session:
-        load_demo_org(session)
-        deploy_directory(session, ROOT / "processes", Actor(None, "cli"))
-    return url
 
 
 def empty_queues(redis_url: str) -> None:
@@ -111,85 +79,25 @@ def empty_queues(redis_url: str) -> None:
             queue.scheduled_job_registry.remove(job_id, delete_job=True)
 
 
-# -- driving commands -------------------------------------------------------------------------------
-
-
-class Driver:
-    """Reimbursements of 1,200 (start, then 3 approvals) through the service layer, one command per
-    transaction; each command's commit time is taken by an after-commit callback registered first, so
-    it runs before the outbox hands the command's rows to Redis."""
-
-    def __init__(self, url: str):
-        self.url = url
-        self.commits: dict[str, list[tuple[int, float]]] = {}  # instance id -> [(last seq, commit time)]
-        self.open: list[tuple[str, str, str]] = []  # (instance id, task id, candidate) ready to act on
-
-    def command(self, act: Callable, instance_of: Callable) -> None:
-        stamp: dict[str, float] = {}
-        with transaction(self.url) as session:
-            after_commit(session, lambda: stamp.setdefault("at", time.time()))
-            instance = instance_of(act(session))
-            instance_id, last_seq = instance.id, instance.last_seq
-            ready = [(instance_id, t.id, t.candidates[0]) for t in current_tasks(session, instance_id)
-                     if t.status == "ready"]
-        self.commits.setdefault(instance_id, []).append((last_seq, stamp["at"]))
-        self.open.extend(ready)
-
-    def step(self) -> None:
-        """Start an instance, or act on the oldest open task (so instances run to completion)."""
-        if self.open:
-            instance_id, task_id, user = self.open.pop(0)
-            self.command(lambda s: complete_task(s, Actor(user, "bench"), task_id, "approve", "同意", {}),
-                         lambda result: result[1])
-        else:
-            self.command(lambda s: start_instance(s, Actor(STARTER, "bench"), "reimbursement", CLAIM),
-                         lambda instance: instance)
-
-    def commit_time(self, instance_id: str, seq: int) -> float | None:
-        for last_seq, at in self.commits.get(instance_id, []):
-            if seq <= last_seq:
-                return at
-        return None
-
-
 # -- workers ----------------------------------------------------------------------------------------
 
 
 class Workers:
     def __init__(self, count: int, url: str, redis_url: str):
-        env = {**os.environ, "DATABASE_URL": url, "REDIS_URL": redis_url,
-               "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
-        self.processes = []
-        for i in range(count):
-            with open(WORKDIR / f"worker-{count}-{i}.log", "ab") as out:
-                self.processes.append(subprocess.Popen(
-                    [str(FINFLOW), "worker", "--sweep-interval", "3600"], cwd=ROOT, env=env, stdout=out,
-                    stderr=subprocess.STDOUT, start_new_session=True))
+        env = worker_env(url, redis_url)
+        self.processes = [start_worker(["--sweep-interval", "3600"], env, WORKDIR / f"worker-{count}-{i}.log")
+                          for i in range(count)]
         connection = redis.Redis.from_url(redis_url)
-        wait_for(lambda: sum(connection.hget(k, "state") == b"idle" and int(connection.hget(k, "pid") or 0)
-                             in {p.pid for p in self.processes} for k in connection.smembers("rq:workers"))
-                 == count, f"{count} worker(s) to listen")
+        pids = {p.pid for p in self.processes}
+        wait_for(lambda: listening_workers(connection, pids) == count, f"{count} worker(s) to listen")
 
     def stop(self) -> None:
-        for process in self.processes:
-            try:
-                os.killpg(process.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                continue
-        for process in self.processes:
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        stop_processes(self.processes)
 
 
 def wait_for(predicate: Callable[[], object], what: str, timeout: float = WAIT_SECONDS) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise SystemExit(f"timed out waiting for {what}; worker logs in {WORKDIR}")
-        time.sleep(0.05)
+    if not wait_until(predicate, timeout):
+        raise SystemExit(f"timed out waiting for {what}; worker logs in {WORKDIR}")
 
 
 def counts(url: str) -> tuple[int, int]:
@@ -205,15 +113,11 @@ def counts(url: str) -> tuple[int, int]:
 def build_backlog(url: str, rows: int) -> int:
     """Commands until at least `rows` outbox rows exist, with Redis kept out of it (the jobs are enqueued
     by the measurement itself, all at once)."""
-    real_enqueue = dispatch.enqueue
-    dispatch.enqueue = lambda rows_, db_url=None: [outbox_id for outbox_id, _ in rows_]  # hold the jobs back
-    try:
+    with jobs_held_back():
         driver = Driver(url)
         while counts(url)[1] < rows:
             for _ in range(20):
                 driver.step()
-    finally:
-        dispatch.enqueue = real_enqueue
     return counts(url)[1]
 
 
@@ -259,13 +163,7 @@ def latency(url: str, redis_url: str, count: int, commands: int, rate: float) ->
         for _ in range(WARMUP_COMMANDS * count):
             warmup.step()
         wait_for(lambda: counts(url)[0] == counts(url)[1], "the warm-up side effects")
-        t0 = time.perf_counter()
-        for i in range(commands):
-            delay = t0 + i / rate - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
-            driver.step()
-        drive_seconds = time.perf_counter() - t0
+        drive_seconds = drive_paced(driver, commands, rate)
         total = counts(url)[1]
         wait_for(lambda: counts(url)[0] == total, "the side effects to be handled")
     finally:
@@ -277,9 +175,7 @@ def latency(url: str, redis_url: str, count: int, commands: int, rate: float) ->
             committed = driver.commit_time(instance_id, seq)
             if committed is not None:
                 samples.append((done_at.timestamp() - committed) * 1000)
-    return {"commands": commands, "achieved_rate": commands / drive_seconds, "rows": len(samples),
-            "p50": percentile(samples, 50), "p90": percentile(samples, 90), "p99": percentile(samples, 99),
-            "max": max(samples) if samples else float("nan")}
+    return {"commands": commands, "achieved_rate": commands / drive_seconds, "rows": len(samples), **spread(samples)}
 
 
 # -- main -------------------------------------------------------------------------------------------
@@ -296,19 +192,11 @@ def main() -> None:
     args = parser.parse_args()
     counts_to_run = [int(n) for n in args.workers.split(",") if n.strip()]
 
-    url = normalize_database_url(args.pg_url)
-    os.environ["DATABASE_URL"] = url
-    os.environ["REDIS_URL"] = args.redis_url
-    try:
-        redis_version = redis.Redis.from_url(args.redis_url).info("server")["redis_version"]
-    except redis.RedisError as exc:
-        raise SystemExit(f"Redis at {args.redis_url} is not usable ({exc}); "
-                         "start it with scripts/services.sh") from None
+    url, redis_version = use_services(args.pg_url, args.redis_url)
     log(f"setting up {make_url(url).render_as_string(hide_password=True)} and {args.redis_url}")
-    fresh_database(url)
+    fresh_database(url, "outbox")
     adapters.load_all()
-    with get_engine(url).connect() as connection:
-        pg_version = connection.scalar(text("SHOW server_version"))
+    pg_version = postgres_version(url)
 
     log(f"building a backlog of {args.rows} side effects")
     backlog = build_backlog(url, args.rows)
@@ -321,10 +209,9 @@ def main() -> None:
         log(f"latency: {args.commands} commands at {args.rate:g}/s, {count} worker(s)")
         latencies.append((count, latency(url, args.redis_url, count, args.commands, args.rate)))
 
-    print(f"finflow outbox benchmark — {platform.platform()}, {os.cpu_count()} CPU, "
-          f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    print(f"Python {platform.python_version()}, rq {rq.__version__}, redis-py {redis.__version__}, "
-          f"SQLAlchemy {sqlalchemy.__version__}, PostgreSQL {pg_version}, Redis {redis_version}")
+    print(header("finflow outbox benchmark", [("rq", rq.__version__), ("redis-py", redis.__version__),
+                                              ("SQLAlchemy", sqlalchemy.__version__), ("PostgreSQL", pg_version),
+                                              ("Redis", redis_version)]))
     print("side effect: inbox.notify (in-app notifications) per history event; each is one rq job and one "
           "transaction (lock row, insert notifications, mark done)\n")
     print("throughput: a backlog enqueued at once, drained by N workers (SimpleWorker, one process each)")
