@@ -11,6 +11,7 @@ import click
 from engine.db import transaction
 from engine.errors import FinflowError
 from engine.history import Actor
+from engine.outbox.models import STATUSES as OUTBOX_STATUSES
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PROCESSES = ROOT / "processes"
@@ -215,7 +216,7 @@ def outbox() -> None:
 
 
 @outbox.command("list")
-@click.option("--status", type=click.Choice(["pending", "done", "dead"]))
+@click.option("--status", type=click.Choice(OUTBOX_STATUSES))
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 1000))
 def outbox_list(status: str | None, limit: int) -> None:
     """List outbox rows, newest first."""
@@ -225,7 +226,8 @@ def outbox_list(status: str | None, limit: int) -> None:
         rows, total = list_rows(session, status, per_page=limit)
         for row in rows:
             error = (row.last_error or "").split("\n")[0][:80]
-            click.echo(f"{row.id:>8}  {row.status:<7}  {row.subscription:<20}  {row.event_type:<20}  "
+            subscription = f"{row.subscription}→{row.target}" if row.target else row.subscription
+            click.echo(f"{row.id:>8}  {row.status:<7}  {subscription:<20}  {row.event_type:<20}  "
                        f"{row.instance_id}  attempts={row.attempts}  "
                        f"next={row.next_attempt_at:%Y-%m-%d %H:%M:%S}  {error}".rstrip())
     click.echo(f"{len(rows)} of {total} row(s)")

@@ -26,12 +26,15 @@ class OutboxListArgsSchema(PageArgsSchema):
 class OutboxSchema(Schema):
     id = fields.Integer()
     subscription = fields.String(metadata={"description": "the handler, e.g. inbox.notify"})
+    target = fields.String(metadata={"description": "the destination (event subscription id), or empty"})
+    stream_seq = fields.Integer(allow_none=True, metadata={"description": "order among the target's events "
+                                                                          "of the instance (external only)"})
     queue = fields.String()
     instance_id = fields.String()
     event_seq = fields.Integer()
     event_type = fields.String()
     payload = fields.Dict(metadata={"description": "{event: the history row, instance: summary}"})
-    status = fields.String(metadata={"description": "pending | done | dead"})
+    status = fields.String(metadata={"description": "pending | done | dead | dropped"})
     attempts = fields.Integer(metadata={"description": "handler runs that finished, failed or not"})
     next_attempt_at = fields.DateTime()
     last_error = fields.String(allow_none=True)
