@@ -26,6 +26,8 @@ def body(**overrides):
 @pytest.mark.parametrize(("overrides", "field"), [
     ({"url": "ftp://127.0.0.1/events"}, "url"),
     ({"url": "not a url"}, "url"),
+    ({"url": "http://[::1/events"}, "url"),
+    ({"url": "http://127.0.0.1:99999/events"}, "url"),
     ({"url": f"http://127.0.0.1:{closed_port()}/hook"}, "url"),
     ({"event_types": ["task.compleeted"]}, "event_types"),
     ({"event_types": ["task.*", "DROP TABLE"]}, "event_types"),
@@ -36,6 +38,7 @@ def body(**overrides):
     ({"kind": "rabbitmq", "url": AMQP_URL, "exchange": "amq.topic"}, "exchange"),
     ({"kind": "rabbitmq", "url": AMQP_URL, "exchange": None}, "exchange"),
     ({"kind": "rabbitmq", "url": "http://127.0.0.1:5672/", "exchange": "finflow.events"}, "url"),
+    ({"kind": "rabbitmq", "url": "amqp://[bad/%2F", "exchange": "finflow.events"}, "url"),
     ({"kind": "rabbitmq", "url": f"amqp://guest:guest@127.0.0.1:{closed_port()}/%2F", "exchange": "x"}, "url"),
     ({"kind": "rabbitmq", "url": "amqp://guest:wrong@127.0.0.1:5672/%2F", "exchange": "finflow.x"}, "url"),
 ])

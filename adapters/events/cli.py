@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import click
 
-from adapters.events import rabbitmq, subscriptions
+from adapters.events import subscriptions, urls
 from adapters.events.models import KINDS, EventSubscription
 from engine.db import transaction
 from engine.outbox.dispatch import drain_background
@@ -141,7 +141,7 @@ def retry(subscription_id: str, delivery_ids: tuple[int, ...], all_dead: bool) -
 def subscription_line(subscription: EventSubscription, counts: dict[str, int]) -> str:
     """One subscription on one line; the URL without its password (the secret is never listed)."""
     s = subscription
-    return (f"{s.id}  {s.status:<7}  {s.kind:<8}  {s.name}  {rabbitmq.mask(s.url)}  "
+    return (f"{s.id}  {s.status:<7}  {s.kind:<8}  {s.name}  {urls.mask(s.url)}  "
             f"exchange={s.exchange or '-'}  types={','.join(s.event_types)}  "
             f"processes={','.join(s.process_keys or []) or '*'}  "
             f"pending={counts['pending']} failing={counts['failing']} dead={counts['dead']}")

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import re
 import threading
-from urllib.parse import urlsplit
 
 import pika
 import pika.exceptions
 from cloudevents.core.bindings import rabbitmq as ce_rabbitmq
 from cloudevents.core.v1.event import CloudEvent
 
+from adapters.events.urls import mask, split
 from engine.errors import InvalidInput
 from engine.outbox.stream import PermanentFailure, RetryLater
 
@@ -76,7 +76,7 @@ def declare(channel, exchange: str) -> None:
 
 def check(url: str, exchange: str | None) -> None:
     """422 unless the broker at `url` accepts a connection and the durable topic exchange can be declared."""
-    if urlsplit(url).scheme not in ("amqp", "amqps"):
+    if split(url).scheme not in ("amqp", "amqps"):
         raise InvalidInput("url must be an amqp:// or amqps:// URL",
                            {"fields": {"url": [f"unsupported URL scheme in {mask(url)!r}: use amqp or amqps"]}})
     if not exchange or not EXCHANGE_NAME.match(exchange) or exchange.startswith("amq."):
@@ -95,15 +95,6 @@ def check(url: str, exchange: str | None) -> None:
     finally:
         if connection.is_open:
             connection.close()
-
-
-def mask(url: str) -> str:
-    """The URL without its password, for lists, logs and errors."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()
 
 
 def _forget(url: str) -> None:

@@ -20,12 +20,12 @@ import socket
 import threading
 import time
 from email.utils import parsedate_to_datetime
-from urllib.parse import urlsplit
 
 import httpx
 from cloudevents.core.bindings import http as ce_http
 from cloudevents.core.v1.event import CloudEvent
 
+from adapters.events.urls import split
 from engine.errors import InvalidInput
 from engine.outbox.stream import PermanentFailure, RetryLater
 
@@ -85,7 +85,7 @@ def retry_after(value: str | None) -> float | None:
 
 def check_url(url: str) -> None:
     """422 unless `url` is an http(s) URL whose host accepts a connection now."""
-    parts = urlsplit(url)
+    parts = split(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InvalidInput("url must be an http:// or https:// URL with a host",
                            {"fields": {"url": [f"unsupported URL {url!r}: use http or https"]}})

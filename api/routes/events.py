@@ -12,7 +12,7 @@ from marshmallow import Schema, fields, validate
 
 from adapters.events import catalog, subscriptions
 from adapters.events.models import KINDS
-from adapters.events.rabbitmq import mask
+from adapters.events.urls import mask
 from api.context import authenticated, bearer_token, command
 from api.routes.admin import require_admin
 from api.schemas import ApiErrorSchema, PageArgsSchema, PageMetaSchema, StrictSchema
