@@ -34,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select, text
+from sqlalchemy import func, or_, select, text
 from sqlalchemy.orm import Session
 
 from engine import clock, events
@@ -89,11 +89,11 @@ def deliver(outbox_id: int, database_url: str | None = None, *, now: datetime | 
     if status != "pending":
         return status
     while True:
-        batch = _claim(key, database_url, now or clock.now(), policy)
+        batch = _claim(key, database_url, now, policy)
         if batch is None:
             break
         _send(batch)
-        if not _settle(batch, database_url, now or clock.now(), policy):
+        if not _settle(batch, database_url, now, policy):
             break
         if time.monotonic() > budget:
             _hand_over(key, database_url)  # a fresh job goes on with the stream
@@ -119,11 +119,13 @@ def _hand_over(key: tuple[str, str, str], database_url: str | None) -> None:
     dispatch.dispatch(rows, database_url)
 
 
-def _claim(key: tuple[str, str, str], database_url: str | None, now: datetime, policy: Policy) -> _Batch | None:
+def _claim(key: tuple[str, str, str], database_url: str | None, now: datetime | None,
+           policy: Policy) -> _Batch | None:
     """Mark the stream's due rows in flight and prepare their sender; None when there is nothing to send
     now. Called again after every settle, so rows committed while a batch was sent are not left behind."""
     with transaction(database_url) as session:
         _lock(session, key)
+        now = now or clock.now()  # read under the lock: a job that waited for it must not judge by old time
         rows = _pending(session, key)
         head = rows[0] if rows else None
         if head is None or (head.claimed_until is not None and head.claimed_until > now):
@@ -168,11 +170,12 @@ def _send(batch: _Batch) -> None:
         batch.sent.append(msg.id)
 
 
-def _settle(batch: _Batch, database_url: str | None, now: datetime, policy: Policy) -> bool:
+def _settle(batch: _Batch, database_url: str | None, now: datetime | None, policy: Policy) -> bool:
     """Record what the send did; returns whether the stream may go on (nothing waits for a retry)."""
     go_on = True
     with transaction(database_url) as session:
         _lock(session, batch.key)
+        now = now or clock.now()
         rows = session.scalars(select(OutboxMessage).where(OutboxMessage.id.in_([m.id for m in batch.messages]))
                                .order_by(OutboxMessage.event_seq))
         retry_at: datetime | None = None
@@ -237,12 +240,13 @@ def _wait(rows: list[OutboxMessage], until: datetime) -> None:
 
 
 def _target_failing_until(session: Session, key: tuple[str, str, str], now: datetime) -> datetime | None:
-    """When the target's earliest pending retry is due, if any row to it failed and waits (the breaker)."""
+    """When the target's earliest pending retry is due, if any row to it failed and waits (the breaker).
+    A failed row being sent again right now does not count: its outcome decides the next wait."""
     o = OutboxMessage
     subscription, target, _ = key
     return session.scalar(select(func.min(o.next_attempt_at)).where(
         o.subscription == subscription, o.target == target, o.status == "pending", o.attempts > 0,
-        o.next_attempt_at > now))
+        o.next_attempt_at > now, or_(o.claimed_until.is_(None), o.claimed_until <= now)))
 
 
 def _lock(session: Session, key: tuple[str, str, str]) -> None:
