@@ -1,9 +1,11 @@
 """The transactional outbox: side effects of engine events, written with the state change, delivered later.
 
 `record` is called by the runner in the command's transaction with the history rows it inserts: one
-outbox row per (history event, matching subscription), so the side effect is promised exactly when the
-change commits. After the commit the rows are handed to rq (engine/outbox/dispatch.py); a job runs the
-handler and marks the row done in one transaction (delivery.py); the sweeper re-dispatches rows whose
+outbox row per (history event, matching subscription, target), so the side effect is promised exactly
+when the change commits. After the commit the rows are handed to rq (engine/outbox/dispatch.py); a job
+runs the handler and marks the row done in one transaction (delivery.py), or, for an external
+subscription, sends the instance's rows in order with no transaction open (stream.py); the sweeper
+re-dispatches rows whose
 job was lost (sweeper.py); `finflow worker` runs jobs and the sweeper (worker.py). Delivery is at least
 once; a row that keeps failing ends `dead`, visible and retryable by an administrator (admin.py).
 Times come from engine.clock, so tests move time instead of sleeping through backoffs and leases.
