@@ -317,13 +317,14 @@ def reset_backlog(url: str, last_id: int, target: str) -> None:
 
 
 def throughput(url: str, args, receiver: Receiver, target: str, last_id: int, count: int) -> dict:
-    reset_backlog(url, last_id, target)
     redis.Redis.from_url(args.redis_url).delete("rq:queue:events")
     workers = Workers(count, url, args.redis_url, args.sweep_interval, f"{receiver.kind}-throughput-{count}")
     try:
-        rows = event_rows(url, 0, last_id)
         offset = receiver.offset()
         started = datetime.now(UTC)
+        # Reset only now that the workers listen: their own start-up sweep would otherwise take the backlog.
+        reset_backlog(url, last_id, target)
+        rows = event_rows(url, 0, last_id)
         sweep(url)  # as after an outage: the sweeper hands the backlog over, one job per instance stream
         drained = wait_for(lambda: done_count(url, 0, last_id) == len(rows), "the backlog to drain", args.timeout)
         result = summarize(url, 0, last_id)
@@ -499,7 +500,8 @@ def main() -> None:
             receipt = r["receipt"]
             note = "" if r["drained"] else f"; NOT DRAINED: {r['pending']} pending, {r['dead']} dead"
             split = (f"; record → commit p50 {r['to_commit_p50']:.1f} ms, commit → settled p50 "
-                     f"{r['from_commit_p50']:.1f} ms" if "to_commit_p50" in r else "")
+                     f"{r['from_commit_p50']:.1f} ms, p99 {r['from_commit_p99']:.1f} ms"
+                     if "to_commit_p50" in r else "")
             print(f"{kind} {label}, {count} worker(s): received {receipt['received']} of {receipt['expected']} ids "
                   f"({receipt['duplicates']} duplicates); {r['retried']} rows retried; "
                   f"{len(r['problems'])} warning/error log lines{split}{note}")
