@@ -8,6 +8,7 @@ silent. The catalogue lists what the engine records today (tests check it stays 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from fnmatch import fnmatchcase
 
 from engine.errors import InvalidInput
@@ -62,5 +63,5 @@ def normalize_patterns(patterns: object) -> list[str]:
     return list(dict.fromkeys(normalized))
 
 
-def matches(patterns: list[str], event_type: str) -> bool:
+def matches(patterns: Iterable[str], event_type: str) -> bool:
     return any(fnmatchcase(event_type, p) for p in patterns)

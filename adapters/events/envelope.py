@@ -37,8 +37,9 @@ def deployment() -> str:
     return os.environ.get("FINFLOW_DEPLOYMENT", "finflow")
 
 
-def event_id(message: Message) -> str:
-    return f"{message.instance_id}.{message.seq}"
+def event_id(instance_id: str, seq: int) -> str:
+    """The CloudEvent id of an instance's `seq`-th history event."""
+    return f"{instance_id}.{seq}"
 
 
 def build(session: Session, message: Message) -> CloudEvent:
@@ -59,7 +60,8 @@ def build(session: Session, message: Message) -> CloudEvent:
         "details": details,
     }
     attributes = {
-        "id": event_id(message), "source": f"/finflow/{deployment()}/instances/{message.instance_id}",
+        "id": event_id(message.instance_id, message.seq),
+        "source": f"/finflow/{deployment()}/instances/{message.instance_id}",
         "type": cloud_type(message.event_type), "subject": instance.get("business_key") or message.instance_id,
         "time": datetime.fromisoformat(event["at"]), "datacontenttype": CONTENT_TYPE,
         "instanceseq": message.seq, "streamseq": message.stream_seq or 0, "partitionkey": message.instance_id,

@@ -41,7 +41,7 @@ def targets(session: Session, process_key: str, event_type: str) -> list[str]:
             for s in session.scalars(select(EventSubscription).where(
                 EventSubscription.status.in_(("active", "paused"))).order_by(EventSubscription.created_at))]
     return [f.id for f in filters if (not f.process_keys or process_key in f.process_keys)
-            and catalog.matches(list(f.event_types), event_type)]
+            and catalog.matches(f.event_types, event_type)]
 
 
 def routing_key(message: Message) -> str:

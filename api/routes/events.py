@@ -10,7 +10,7 @@ from __future__ import annotations
 from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate
 
-from adapters.events import catalog, subscriptions
+from adapters.events import catalog, envelope, subscriptions
 from adapters.events.models import KINDS
 from adapters.events.urls import mask
 from api.context import authenticated, bearer_token, command
@@ -72,7 +72,7 @@ class DeliveryArgsSchema(PageArgsSchema):
 
 class DeliverySchema(Schema):
     id = fields.Integer()
-    event_id = fields.Function(lambda r: f"{r.instance_id}.{r.event_seq}",
+    event_id = fields.Function(lambda r: envelope.event_id(r.instance_id, r.event_seq),
                                metadata={"description": "the CloudEvent id"})
     event_type = fields.Function(lambda r: catalog.cloud_type(r.event_type))
     instance_id = fields.String()

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from engine import clock, events
 from engine.models import Instance
-from engine.outbox.dispatch import dispatch_after_commit
+from engine.outbox.dispatch import dispatch_after_commit, stream_heads
 from engine.outbox.models import OutboxMessage
 
 __all__ = ["OutboxMessage", "instance_summary", "record"]
@@ -55,21 +55,9 @@ def record(session: Session, instance: Instance, history_rows: list[dict[str, An
     table = OutboxMessage.__table__
     result = session.connection().execute(
         table.insert().returning(table.c.id, table.c.queue, sort_by_parameter_order=True), rows)
-    dispatch_after_commit(session, _jobs(rows, list(result)))
-
-
-def _jobs(rows: list[dict[str, Any]], inserted: list[Any]) -> list[tuple[int, str]]:
-    """What to enqueue: every in-database row, but one job per external stream, for its first new row:
-    a stream job sends the stream's rows in order, so jobs for the others would find nothing to do."""
-    jobs, streams = [], set()
-    for row, (outbox_id, queue) in zip(rows, inserted, strict=True):
-        if row["stream_seq"] is not None:
-            stream = (row["subscription"], row["target"])
-            if stream in streams:
-                continue
-            streams.add(stream)
-        jobs.append((outbox_id, queue))
-    return jobs
+    dispatch_after_commit(session, stream_heads(
+        (outbox_id, queue, (row["subscription"], row["target"]) if row["stream_seq"] is not None else None)
+        for row, (outbox_id, queue) in zip(rows, result, strict=True)))
 
 
 def _number_streams(session: Session, instance_id: str, rows: list[dict[str, Any]]) -> None:

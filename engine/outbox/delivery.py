@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import traceback
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
@@ -65,9 +65,12 @@ def deliver(outbox_id: int, database_url: str | None = None, *, now: datetime | 
         if subscription is None or not subscription.external:
             _run(session, row, now or clock.now(), database_url)
             return row.status
+        stream_key = (row.subscription, row.target, row.instance_id)
     from engine.outbox import stream  # stream builds on this module
 
-    return stream.deliver(outbox_id, database_url, now=now)
+    stream.deliver(stream_key, database_url, now=now)
+    with transaction(database_url, readonly=True) as session:
+        return session.scalar(select(OutboxMessage.status).where(OutboxMessage.id == outbox_id)) or "missing"
 
 
 def _run(session: Session, row: OutboxMessage, now: datetime, database_url: str | None) -> None:
@@ -81,25 +84,38 @@ def _run(session: Session, row: OutboxMessage, now: datetime, database_url: str 
                 subscription.handler(session, message(row))
         except Exception as exc:  # the handler's writes are rolled back with the savepoint
             error = describe(exc)
-    row.attempts += 1
     if error is None:
+        row.attempts += 1
         row.status, row.done_at = "done", now
         return
-    row.last_error = error
+    record_failure(session, row, error, now, database_url)
+
+
+def record_failure(session: Session, row: OutboxMessage, error: str, now: datetime, database_url: str | None,
+                   *, permanent: bool = False, retry_after: float | None = None) -> datetime | None:
+    """Count a failed run of `row`: dead when refused for good or out of attempts; otherwise due again
+    after the backoff (or the destination's Retry-After, when longer), its retry scheduled on rq once the
+    transaction commits. Returns the next attempt's time, or None when the row is dead."""
     policy = Policy.from_env()
-    if row.attempts >= policy.max_attempts:
+    row.attempts += 1
+    row.last_error = error
+    where = f"{row.subscription} → {row.target}" if row.target else row.subscription
+    if permanent or row.attempts >= policy.max_attempts:
         row.status = "dead"
-        log.error("outbox: row %s (%s) is dead after %d attempts: %s", row.id, row.subscription, row.attempts,
+        log.error("outbox: row %s (%s) is dead after %d attempt(s): %s", row.id, where, row.attempts,
                   error.splitlines()[0])
-        return
+        return None
     delay = policy.backoff(row.attempts)
+    if retry_after is not None:
+        delay = max(delay, timedelta(seconds=min(retry_after, policy.max_delay)))
     row.next_attempt_at = now + delay
     # Embedded mode has no rq scheduler: leave the row undispatched, the sweeper thread runs it when due.
     row.dispatched_at = None if dispatch.redis_url() is None else now
-    log.warning("outbox: row %s (%s) failed attempt %d, retry in %.0f s: %s", row.id, row.subscription,
-                row.attempts, delay.total_seconds(), error.splitlines()[0])
+    log.warning("outbox: row %s (%s) failed attempt %d, retry in %.0f s: %s", row.id, where, row.attempts,
+                delay.total_seconds(), error.splitlines()[0])
     row_id, queue_name = row.id, row.queue
     after_commit(session, lambda: dispatch.schedule_retry(row_id, queue_name, delay, database_url))
+    return row.next_attempt_at
 
 
 def message(row: OutboxMessage) -> Message:

@@ -20,7 +20,7 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from datetime import timedelta
 from functools import lru_cache
@@ -102,10 +102,11 @@ def enqueue(rows: Sequence[Row], db_url: str | None = None) -> list[int]:
     handed: list[int] = []
     if url is None:
         for outbox_id, name in rows:
+            run = queue(name, None).enqueue
             if name in BACKGROUND_QUEUES:
-                _in_background(queue(name, None).enqueue, JOB, outbox_id, db_url, **job_options(outbox_id))
+                _in_background(run, JOB, outbox_id, db_url, **job_options(outbox_id))
             else:
-                queue(name, None).enqueue(JOB, outbox_id, db_url, **job_options(outbox_id))
+                run(JOB, outbox_id, db_url, **job_options(outbox_id))
             handed.append(outbox_id)
         return handed
     if time.monotonic() < _paused_until.get(url, 0.0):
@@ -152,6 +153,21 @@ def _prepare_options(outbox_id: int) -> dict[str, Any]:
     options = job_options(outbox_id)
     options["timeout"] = options.pop("job_timeout")  # prepare_data's spelling
     return options
+
+
+def stream_heads(rows: Iterable[tuple[int, str, Hashable | None]]) -> list[Row]:
+    """The jobs for (outbox id, queue, stream key or None) rows given in id order: every row that is not
+    in a stream, and the first row of each stream, whose job sends the stream's rows in order
+    (engine/outbox/stream.py); jobs for the others would find nothing to do."""
+    jobs: list[Row] = []
+    seen: set[Hashable] = set()
+    for outbox_id, name, stream in rows:
+        if stream is not None:
+            if stream in seen:
+                continue
+            seen.add(stream)
+        jobs.append((outbox_id, name))
+    return jobs
 
 
 def dispatch(rows: Sequence[Row], db_url: str | None = None) -> None:

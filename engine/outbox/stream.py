@@ -32,15 +32,15 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from sqlalchemy import func, or_, select, text
 from sqlalchemy.orm import Session
 
 from engine import clock, events
-from engine.db import after_commit, is_postgres, transaction
+from engine.db import is_postgres, transaction
 from engine.outbox import dispatch
-from engine.outbox.delivery import Message, describe, message
+from engine.outbox.delivery import Message, describe, message, record_failure
 from engine.outbox.models import OutboxMessage
 from engine.outbox.policy import Policy
 
@@ -81,35 +81,20 @@ class _Batch:
     failed: tuple[int, str, float | None] | None = None  # (id, error, Retry-After) of the one to retry
 
 
-def deliver(outbox_id: int, database_url: str | None = None, *, now: datetime | None = None) -> str:
-    """Deliver the stream of `outbox_id` (up to what is due); returns that row's status afterwards."""
+def deliver(key: tuple[str, str, str], database_url: str | None = None, *, now: datetime | None = None) -> None:
+    """Deliver the stream `key` = (subscription, target, instance id), up to what is due."""
     policy = Policy.from_env()
     budget = time.monotonic() + policy.job_timeout / 2  # leave rq's job timeout a margin
-    key, status = _stream_of(outbox_id, database_url)
-    if status != "pending":
-        return status
     while True:
         batch = _claim(key, database_url, now, policy)
         if batch is None:
             break
         _send(batch)
-        if not _settle(batch, database_url, now, policy):
+        if not _settle(batch, database_url, now):
             break
         if time.monotonic() > budget:
             _hand_over(key, database_url)  # a fresh job goes on with the stream
             break
-    return _stream_of(outbox_id, database_url)[1]
-
-
-def _stream_of(outbox_id: int, database_url: str | None) -> tuple[tuple[str, str, str], str]:
-    o = OutboxMessage
-    with transaction(database_url, readonly=True) as session:
-        row = session.execute(select(o.subscription, o.target, o.instance_id, o.status)
-                              .where(o.id == outbox_id)).first()
-    if row is None:
-        log.warning("outbox: row %s does not exist (job for another database?)", outbox_id)
-        return ("", "", ""), "missing"
-    return (row.subscription, row.target, row.instance_id), row.status
 
 
 def _hand_over(key: tuple[str, str, str], database_url: str | None) -> None:
@@ -170,7 +155,7 @@ def _send(batch: _Batch) -> None:
         batch.sent.append(msg.id)
 
 
-def _settle(batch: _Batch, database_url: str | None, now: datetime | None, policy: Policy) -> bool:
+def _settle(batch: _Batch, database_url: str | None, now: datetime | None) -> bool:
     """Record what the send did; returns whether the stream may go on (nothing waits for a retry)."""
     go_on = True
     with transaction(database_url) as session:
@@ -187,42 +172,14 @@ def _settle(batch: _Batch, database_url: str | None, now: datetime | None, polic
                 row.attempts += 1
                 row.status, row.done_at = "done", now
             elif row.id in batch.dead:
-                _fail(row, batch.dead[row.id], now, permanent=True, policy=policy)
+                record_failure(session, row, batch.dead[row.id], now, database_url, permanent=True)
             elif batch.failed is not None and row.id == batch.failed[0]:
                 _, error, after = batch.failed
-                retry_at = _fail(row, error, now, permanent=False, policy=policy, after=after)
+                retry_at = record_failure(session, row, error, now, database_url, retry_after=after)
                 go_on = retry_at is None
-                if retry_at is not None:
-                    _schedule(session, row, retry_at - now, database_url)
             else:  # not sent: behind the failed row, or the send was cut short
                 row.next_attempt_at, row.dispatched_at = retry_at or now, None
     return go_on
-
-
-def _fail(row: OutboxMessage, error: str, now: datetime, *, permanent: bool, policy: Policy,
-          after: float | None = None) -> datetime | None:
-    """Count a failed attempt; returns the time of the next one, or None when the row is dead now."""
-    row.attempts += 1
-    row.last_error = error
-    if permanent or row.attempts >= policy.max_attempts:
-        row.status = "dead"
-        log.error("outbox: row %s (%s → %s) is dead after %d attempt(s): %s", row.id, row.subscription,
-                  row.target, row.attempts, error.splitlines()[0])
-        return None
-    delay = policy.backoff(row.attempts)
-    if after is not None:
-        delay = max(delay, timedelta(seconds=min(after, policy.max_delay)))
-    row.next_attempt_at = now + delay
-    log.warning("outbox: row %s (%s → %s) failed attempt %d, retry in %.0f s: %s", row.id, row.subscription,
-                row.target, row.attempts, delay.total_seconds(), error.splitlines()[0])
-    return row.next_attempt_at
-
-
-def _schedule(session: Session, row: OutboxMessage, delay: timedelta, database_url: str | None) -> None:
-    # Embedded mode has no rq scheduler: the row stays undispatched and the sweeper runs it when due.
-    row.dispatched_at = None if dispatch.redis_url() is None else clock.now()
-    row_id, queue_name = row.id, row.queue
-    after_commit(session, lambda: dispatch.schedule_retry(row_id, queue_name, delay, database_url))
 
 
 def _pending(session: Session, key: tuple[str, str, str]) -> list[OutboxMessage]:

@@ -72,21 +72,9 @@ def claim(database_url: str | None = None, *, now: datetime | None = None,
         if claimed:
             session.execute(update(o).where(o.id.in_([r.id for r in claimed]))
                             .values(dispatched_at=now, next_attempt_at=now))
-    return _one_job_per_stream(claimed)
-
-
-def _one_job_per_stream(claimed: Sequence) -> list[dispatch.Row]:
-    """Every in-database row gets its job; an external stream (rows with a `stream_seq`) gets one, for its
-    earliest row: that job sends the stream's rows in order (engine/outbox/stream.py)."""
-    jobs, streams = [], set()
-    for row in sorted(claimed, key=lambda r: r.id):
-        if row.stream_seq is not None:
-            stream = (row.subscription, row.target, row.instance_id)
-            if stream in streams:
-                continue
-            streams.add(stream)
-        jobs.append((row.id, row.queue))
-    return jobs
+    return dispatch.stream_heads(
+        (r.id, r.queue, (r.subscription, r.target, r.instance_id) if r.stream_seq is not None else None)
+        for r in sorted(claimed, key=lambda r: r.id))
 
 
 class SweeperThread(threading.Thread):
