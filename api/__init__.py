@@ -2,38 +2,52 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from flask import Flask
-from flask_smorest import Api
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 import adapters
+from api import guards, openapi, paths
 from api.errors import register_error_handlers
+from api.jsonio import FinflowJSONProvider
 
 MAX_UPLOAD_BYTES = 5 * 1024 * 1024
 
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
     app = Flask(__name__)
+    app.json = FinflowJSONProvider(app)  # Decimal in, strict JSON out (api/jsonio.py)
     app.config.update(
         API_TITLE="finflow",
         API_VERSION="v1",
         OPENAPI_VERSION="3.0.3",
-        OPENAPI_URL_PREFIX="/api/v1",
+        OPENAPI_URL_PREFIX=openapi.PREFIX,
         OPENAPI_JSON_PATH="openapi.json",
         MAX_CONTENT_LENGTH=MAX_UPLOAD_BYTES,
-        JSON_SORT_KEYS=False,
+        TRUSTED_PROXY_HOPS=int(os.environ.get("FINFLOW_TRUSTED_PROXY_HOPS", "0")),
     )
-    app.json.ensure_ascii = False
     app.config.update(config or {})
-    api = Api(app, spec_kwargs={"info": {"description": "finflow finance approval BPM API"}})
-    api.spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
-    api.spec.options["security"] = [{"bearer": []}]
+    _trust_proxies(app, app.config["TRUSTED_PROXY_HOPS"])
+    paths.register(app)
+    api = openapi.setup(app)
+    paths.register_in_spec(api)
 
     from api.routes import admin, definitions, events, health, instances, notifications, tasks
 
     for module in (health, definitions, instances, tasks, notifications, admin, events):
-        api.register_blueprint(module.blp, url_prefix="/api/v1")
+        api.register_blueprint(module.blp, url_prefix=openapi.PREFIX)
+    guards.register(app)
     register_error_handlers(app)
     adapters.load_all()  # the API records events: their subscribers must be known here (see adapters/)
     return app
+
+
+def _trust_proxies(app: Flask, hops: int) -> None:
+    """Believe X-Forwarded-For/-Proto only as set by the `hops` proxies in front of us (0: none, the
+    socket's address is the client's), so a client cannot put any IP it likes into the history."""
+    if hops < 0:
+        raise ValueError("FINFLOW_TRUSTED_PROXY_HOPS must be 0 or more")
+    if hops:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)

@@ -18,6 +18,8 @@ from engine.services import idempotency
 from engine.services.auth import authenticate
 
 MAX_KEY_LENGTH = 255
+MAX_USER_AGENT = 255  # the history column's length
+MAX_CLIENT_IP = 64
 
 
 def bearer_token() -> str | None:
@@ -27,9 +29,32 @@ def bearer_token() -> str | None:
 
 
 def request_actor(user: User) -> Actor:
-    forwarded = request.headers.get("X-Forwarded-For", "")
-    ip = forwarded.split(",")[0].strip() or request.remote_addr
-    return Actor(user_id=user.id, channel="api", client_ip=ip, user_agent=request.headers.get("User-Agent"))
+    """Who acts, from where. The client address is the socket's, or what the configured number of
+    trusted proxies forwarded (ProxyFix in create_app, FINFLOW_TRUSTED_PROXY_HOPS): a client-sent
+    X-Forwarded-For is never believed on its own, or anyone could write any IP into the audit trail."""
+    return Actor(user_id=user.id, channel="api", client_ip=_printable(request.remote_addr, MAX_CLIENT_IP),
+                 user_agent=_printable(request.headers.get("User-Agent"), MAX_USER_AGENT))
+
+
+def _printable(value: str | None, limit: int) -> str | None:
+    """Header values as the history columns can store them: no control characters, cut to the column."""
+    if value is None:
+        return None
+    return "".join(ch for ch in value if ch.isprintable())[:limit] or None
+
+
+def requires_token(view: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark a view as needing a bearer token, so api.guards refuses a request without one (401) before
+    its body is looked at, and the OpenAPI document lists the 401."""
+    view.requires_token = True  # type: ignore[attr-defined]
+    return view
+
+
+def honours_idempotency_key(view: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark a view whose command takes an Idempotency-Key (`command` does), so the OpenAPI document lists
+    the header; such a view needs a token too."""
+    view.honours_idempotency_key = True  # type: ignore[attr-defined]
+    return requires_token(view)
 
 
 def authenticated(view: Callable[..., Any]) -> Callable[..., Any]:
@@ -41,7 +66,7 @@ def authenticated(view: Callable[..., Any]) -> Callable[..., Any]:
             user = authenticate(session, bearer_token())
             return view(*args, session=session, user=user, **kwargs)
 
-    return wrapper
+    return requires_token(wrapper)
 
 
 def command(schema: type[Schema], status: int = 200) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -55,9 +80,7 @@ def command(schema: type[Schema], status: int = 200) -> Callable[[Callable[..., 
     def decorate(view: Callable[..., Any]) -> Callable[..., Any]:
         @wraps(view)
         def wrapper(*args, **kwargs):
-            key = request.headers.get("Idempotency-Key")
-            if key is not None and not (0 < len(key) <= MAX_KEY_LENGTH):
-                raise InvalidInput(f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters")
+            key = idempotency_key()
             try:
                 return _run(view, key, args, kwargs)
             except IntegrityError:
@@ -65,7 +88,7 @@ def command(schema: type[Schema], status: int = 200) -> Callable[[Callable[..., 
                     raise
                 return _run(view, key, args, kwargs)  # a concurrent twin committed first: replay its result
 
-        return wrapper
+        return honours_idempotency_key(wrapper)
 
     def _run(view, key, args, kwargs):
         with transaction() as session:
@@ -86,6 +109,15 @@ def command(schema: type[Schema], status: int = 200) -> Callable[[Callable[..., 
         return response
 
     return decorate
+
+
+def idempotency_key() -> str | None:
+    """The Idempotency-Key header, if any; 422 unless it is 1 to 255 printable characters (it is stored)."""
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not (0 < len(key) <= MAX_KEY_LENGTH and key.isprintable()):
+        raise InvalidInput(f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} printable characters",
+                           {"fields": {"Idempotency-Key": ["must be 1 to 255 printable characters"]}})
+    return key
 
 
 def _body_for_fingerprint() -> Any:

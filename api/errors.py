@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, jsonify
+from flask import Flask, jsonify, request
 from sqlalchemy.orm.exc import StaleDataError
 from werkzeug.exceptions import HTTPException
 
@@ -37,23 +37,38 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException):
-        status = exc.code or 500
-        data = getattr(exc, "data", None) or {}
-        messages = data.get("messages")
-        if messages:  # webargs validation: {"json": {"field": ["msg"]}} -> fields
-            fields = {}
-            for location in messages.values():
-                fields.update(location if isinstance(location, dict) else {"": location})
-            if status == 400 or "_schema" in fields and any("Invalid input type" in m for m in fields["_schema"]):
-                return error_response(400, "invalid_json", "Request body must be a JSON object", {"fields": fields})
-            summary = "; ".join(f"{k}: {v[0] if isinstance(v, list) else v}" for k, v in fields.items())
-            return error_response(422, "invalid_input", f"Invalid request: {summary}", {"fields": fields})
-        message = exc.description or exc.name
-        if status == 400 and "json" in (message or "").lower():
-            return error_response(400, "invalid_json", "Request body is not valid JSON", {})
-        return error_response(status, _HTTP_CODES.get(status, "http_error"), message)
+        response = _http_error(exc)
+        for name, value in exc.get_headers():  # e.g. Allow on a 405
+            if name.lower() != "content-type":
+                response.headers[name] = value
+        return response
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):
         log.exception("unhandled error")
         return error_response(500, "internal_error", "服务器内部错误，请联系管理员")
+
+
+def _http_error(exc: HTTPException):
+    """werkzeug's and webargs' errors in our shape; webargs' field messages become details.fields."""
+    status = exc.code or 500
+    data = getattr(exc, "data", None) or {}
+    messages = data.get("messages")
+    if messages:  # webargs validation: {"json": {"field": ["msg"]}} -> fields
+        fields = {}
+        for location in messages.values():
+            fields.update(location if isinstance(location, dict) else {"": location})
+        if status == 400:
+            return error_response(400, "invalid_json", "Request body is not valid JSON", {"fields": fields})
+        if "_schema" in fields and any("Invalid input type" in m for m in fields["_schema"]):
+            return error_response(400, "invalid_json", "Request body must be a JSON object", {"fields": fields})
+        summary = "; ".join(f"{k}: {v[0] if isinstance(v, list) else v}" for k, v in fields.items())
+        return error_response(422, "invalid_input", f"Invalid request: {summary}", {"fields": fields})
+    if status == 413:
+        limit = request.max_content_length
+        return error_response(413, "payload_too_large", f"Request body is larger than {limit} bytes",
+                              {"max_bytes": limit})
+    message = exc.description or exc.name
+    if status == 400 and "json" in (message or "").lower():
+        return error_response(400, "invalid_json", "Request body is not valid JSON", {})
+    return error_response(status, _HTTP_CODES.get(status, "http_error"), message)

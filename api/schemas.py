@@ -21,8 +21,16 @@ class ApiErrorSchema(Schema):
     error = fields.Nested(ApiErrorBodySchema, required=True)
 
 
+class HealthSchema(Schema):
+    status = fields.String(required=True, metadata={"description": "ok: the API answers"})
+    database = fields.String(required=True, metadata={"description": "ok: the database answered a query"})
+
+
+MAX_PAGE = 100_000  # bounds the SQL OFFSET (a huge one overflows SQLite's integers); no one pages further
+
+
 class PageArgsSchema(StrictSchema):
-    page = fields.Integer(load_default=1, validate=validate.Range(min=1))
+    page = fields.Integer(load_default=1, validate=validate.Range(min=1, max=MAX_PAGE))
     per_page = fields.Integer(load_default=20, validate=validate.Range(min=1, max=200))
 
 

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
+import simplejson
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
@@ -34,14 +35,20 @@ def get_engine(url: str | None = None) -> Engine:
     url = url or Settings.from_env().database_url
     if url.startswith("sqlite"):
         return _sqlite_engine(url)
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, json_serializer=json_dumps)
+
+
+def json_dumps(value: object) -> str:
+    """JSON columns: a Decimal (the API reads non-integer numbers as Decimal) is written as the exact JSON
+    number, not refused; readers still get floats, as before."""
+    return simplejson.dumps(value, use_decimal=True, namedtuple_as_object=False)
 
 
 def _sqlite_engine(url: str) -> Engine:
     path = url.removeprefix("sqlite:///")
     if path and path != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, json_serializer=json_dumps)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection, _record):

@@ -5,11 +5,12 @@ Administrators only (role admin); everyone else gets 403, before any lookup.
 
 from __future__ import annotations
 
-from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate
 
 from api.context import authenticated, command
-from api.schemas import ApiErrorSchema, PageArgsSchema, PageMetaSchema
+from api.openapi import errors
+from api.parsing import Blueprint
+from api.schemas import PageArgsSchema, PageMetaSchema
 from engine.errors import Forbidden
 from engine.models import User
 from engine.outbox import admin
@@ -56,7 +57,7 @@ def require_admin(user: User, what: str = "查看和重试出站消息") -> None
 @blp.route("/outbox")
 @blp.arguments(OutboxListArgsSchema, location="query")
 @blp.response(200, OutboxPageSchema)
-@blp.alt_response(403, schema=ApiErrorSchema, description="The caller is not an administrator")
+@errors(blp, {403: "The caller is not an administrator"})
 @authenticated
 def list_outbox(args, session, user):
     """Outbox rows newest first, optionally by status (`dead` = gave up, with the last error)."""
@@ -65,9 +66,9 @@ def list_outbox(args, session, user):
     return {"items": rows, "meta": {"total": total, "page": args["page"], "per_page": args["per_page"]}}
 
 
-@blp.route("/outbox/<int:outbox_id>")
+@blp.route("/outbox/<rowid:outbox_id>")
 @blp.response(200, OutboxSchema)
-@blp.alt_response(404, schema=ApiErrorSchema, description="No such outbox row")
+@errors(blp, {403: "The caller is not an administrator", 404: "No such outbox row"})
 @authenticated
 def get_outbox(outbox_id, session, user):
     """One outbox row with its payload and last error."""
@@ -75,9 +76,9 @@ def get_outbox(outbox_id, session, user):
     return admin.get_row(session, outbox_id)
 
 
-@blp.route("/outbox/<int:outbox_id>/retry", methods=["POST"])
+@blp.route("/outbox/<rowid:outbox_id>/retry", methods=["POST"])
 @blp.response(200, OutboxSchema)
-@blp.alt_response(409, schema=ApiErrorSchema, description="The row is not dead")
+@errors(blp, {403: "The caller is not an administrator", 404: "No such outbox row", 409: "The row is not dead"})
 @command(OutboxSchema)
 def retry_outbox(outbox_id, session, user, actor):
     """Send a dead row again, with a fresh set of attempts; it is queued when this call commits."""

@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 from flask import Response, request
-from flask_smorest import Blueprint
 
 from api.context import authenticated, command
-from api.schemas import ApiErrorSchema, DefinitionDetailSchema, DefinitionSchema, DeployResultSchema
+from api.openapi import errors
+from api.parsing import Blueprint
+from api.schemas import DefinitionDetailSchema, DefinitionSchema, DeployResultSchema
 from engine.errors import DeploymentInvalid, InvalidInput
 from engine.services import deployments
 
@@ -18,7 +19,8 @@ MAX_FILES = 50
 @blp.doc(requestBody={"content": {"multipart/form-data": {"schema": {
     "type": "object", "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"}}}}}}})
 @blp.response(201, DeployResultSchema)
-@blp.alt_response(422, schema=ApiErrorSchema, description="Validation failed; details name file, element and reason")
+@errors(blp, {403: "The caller is not a designer or an administrator",
+              422: "Validation failed; details name file, element and reason"})
 @command(DeployResultSchema, status=201)
 def deploy(session, user, actor):
     """Deploy BPMN, DMN and form files (multipart field `files`); same content is the same version."""
@@ -56,8 +58,9 @@ def list_definitions(session, user):
     return deployments.list_definitions(session)
 
 
-@blp.route("/definitions/<string:key>")
+@blp.route("/definitions/<key(64):key>")
 @blp.response(200, DefinitionDetailSchema)
+@errors(blp, {404: "No such process"})
 @authenticated
 def get_definition(key, session, user):
     """One process with all its versions."""
@@ -66,8 +69,9 @@ def get_definition(key, session, user):
     return {**view, "versions": deployments.list_versions(session, key)}
 
 
-@blp.route("/definitions/<string:key>/versions/<int:version>/bpmn")
+@blp.route("/definitions/<key(64):key>/versions/<rowid:version>/bpmn")
 @blp.response(200, content_type="application/xml", description="The BPMN XML of that version")
+@errors(blp, {404: "No such process or version"})
 @authenticated
 def download_bpmn(key, version, session, user):
     """The BPMN file of a version, as deployed (for the diagram viewer and the modeler)."""

@@ -7,20 +7,24 @@ written (422 naming the field), and returns the webhook signing secret once.
 
 from __future__ import annotations
 
-from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate
 
 from adapters.events import catalog, envelope, subscriptions
 from adapters.events.models import KINDS
 from adapters.events.urls import mask
-from api.context import authenticated, bearer_token, command
+from api.context import authenticated, bearer_token, command, honours_idempotency_key
+from api.openapi import errors
+from api.parsing import Blueprint
 from api.routes.admin import require_admin
-from api.schemas import ApiErrorSchema, PageArgsSchema, PageMetaSchema, StrictSchema
+from api.schemas import PageArgsSchema, PageMetaSchema, StrictSchema
 from engine.db import transaction
 from engine.services.auth import authenticate
 
 WHAT = "管理事件订阅"
 blp = Blueprint("events", __name__, description="Events out: CloudEvents to webhooks and RabbitMQ (admins only)")
+SUBSCRIPTION = "<key(36):subscription_id>"
+NOT_ADMIN = {403: "The caller is not an administrator"}
+NO_SUBSCRIPTION = {**NOT_ADMIN, 404: "No such subscription"}
 
 
 class SubscriptionCreateSchema(StrictSchema):
@@ -103,7 +107,8 @@ def _with_counts(session, subscription):
 @blp.route("/event-subscriptions", methods=["POST"])
 @blp.arguments(SubscriptionCreateSchema)
 @blp.response(201, SubscriptionCreatedSchema)
-@blp.alt_response(422, schema=ApiErrorSchema, description="A field is invalid or the destination unreachable")
+@errors(blp, {**NOT_ADMIN, 422: "A field is invalid or the destination unreachable"})
+@honours_idempotency_key  # in _create
 def create_subscription(body):
     """Create a subscription; the destination must accept a connection now. The webhook secret (for
     X-Finflow-Signature) is in this response only."""
@@ -122,6 +127,7 @@ def _create(spec, session, user, actor):
 
 @blp.route("/event-subscriptions")
 @blp.response(200, SubscriptionListSchema)
+@errors(blp, NOT_ADMIN)
 @authenticated
 def list_subscriptions(session, user):
     """Subscriptions that are not deleted, oldest first, with their delivery counts."""
@@ -133,18 +139,18 @@ def list_subscriptions(session, user):
     return {"items": items}
 
 
-@blp.route("/event-subscriptions/<subscription_id>")
+@blp.route(f"/event-subscriptions/{SUBSCRIPTION}")
 @blp.response(200, SubscriptionSchema)
-@blp.alt_response(404, schema=ApiErrorSchema, description="No such subscription")
+@errors(blp, NO_SUBSCRIPTION)
 @authenticated
 def get_subscription(subscription_id, session, user):
     require_admin(user, WHAT)
     return _with_counts(session, subscriptions.get(session, subscription_id))
 
 
-@blp.route("/event-subscriptions/<subscription_id>/pause", methods=["POST"])
+@blp.route(f"/event-subscriptions/{SUBSCRIPTION}/pause", methods=["POST"])
 @blp.response(200, SubscriptionSchema)
-@blp.alt_response(409, schema=ApiErrorSchema, description="Already paused")
+@errors(blp, {**NO_SUBSCRIPTION, 409: "Already paused"})
 @command(SubscriptionSchema)
 def pause_subscription(subscription_id, session, user, actor):
     """Stop sending; events are still kept for the subscription and go out in order on resume."""
@@ -152,9 +158,9 @@ def pause_subscription(subscription_id, session, user, actor):
     return _with_counts(session, subscriptions.pause(session, subscription_id))
 
 
-@blp.route("/event-subscriptions/<subscription_id>/resume", methods=["POST"])
+@blp.route(f"/event-subscriptions/{SUBSCRIPTION}/resume", methods=["POST"])
 @blp.response(200, SubscriptionSchema)
-@blp.alt_response(409, schema=ApiErrorSchema, description="Already active")
+@errors(blp, {**NO_SUBSCRIPTION, 409: "Already active"})
 @command(SubscriptionSchema)
 def resume_subscription(subscription_id, session, user, actor):
     """Send again, starting with the events kept during the pause."""
@@ -162,8 +168,9 @@ def resume_subscription(subscription_id, session, user, actor):
     return _with_counts(session, subscriptions.resume(session, subscription_id))
 
 
-@blp.route("/event-subscriptions/<subscription_id>", methods=["DELETE"])
+@blp.route(f"/event-subscriptions/{SUBSCRIPTION}", methods=["DELETE"])
 @blp.response(200, SubscriptionSchema)
+@errors(blp, NO_SUBSCRIPTION)
 @command(SubscriptionSchema)
 def delete_subscription(subscription_id, session, user, actor):
     """Stop for good; undelivered events are dropped, delivery records stay readable by id."""
@@ -171,9 +178,10 @@ def delete_subscription(subscription_id, session, user, actor):
     return _with_counts(session, subscriptions.delete(session, subscription_id))
 
 
-@blp.route("/event-subscriptions/<subscription_id>/deliveries")
+@blp.route(f"/event-subscriptions/{SUBSCRIPTION}/deliveries")
 @blp.arguments(DeliveryArgsSchema, location="query")
 @blp.response(200, DeliveryPageSchema)
+@errors(blp, NO_SUBSCRIPTION)
 @authenticated
 def list_deliveries(args, subscription_id, session, user):
     """The subscription's deliveries newest first; `status=failing` for those retrying, `dead` for
@@ -184,9 +192,10 @@ def list_deliveries(args, subscription_id, session, user):
     return {"items": rows, "meta": {"total": total, "page": args["page"], "per_page": args["per_page"]}}
 
 
-@blp.route("/event-subscriptions/<subscription_id>/deliveries/<int:delivery_id>/retry", methods=["POST"])
+@blp.route(f"/event-subscriptions/{SUBSCRIPTION}/deliveries/<rowid:delivery_id>/retry", methods=["POST"])
 @blp.response(200, DeliverySchema)
-@blp.alt_response(409, schema=ApiErrorSchema, description="The delivery is not dead")
+@errors(blp, {**NOT_ADMIN, 404: "No such subscription, or the delivery is not one of its",
+              409: "The delivery is not dead"})
 @command(DeliverySchema)
 def retry_delivery(subscription_id, delivery_id, session, user, actor):
     """Send a dead delivery again, with a fresh set of attempts."""
@@ -194,8 +203,9 @@ def retry_delivery(subscription_id, delivery_id, session, user, actor):
     return subscriptions.retry(session, subscription_id, delivery_id)
 
 
-@blp.route("/event-subscriptions/<subscription_id>/deliveries/retry-dead", methods=["POST"])
+@blp.route(f"/event-subscriptions/{SUBSCRIPTION}/deliveries/retry-dead", methods=["POST"])
 @blp.response(200, RetriedSchema)
+@errors(blp, NO_SUBSCRIPTION)
 @command(RetriedSchema)
 def retry_dead_deliveries(subscription_id, session, user, actor):
     """Send every dead delivery of the subscription again."""

@@ -1,10 +1,10 @@
 from __future__ import annotations
 
-from flask_smorest import Blueprint
 from sqlalchemy import text
 
 from api.context import authenticated
-from api.schemas import UserSchema
+from api.parsing import Blueprint
+from api.schemas import HealthSchema, UserSchema
 from engine.db import transaction
 
 blp = Blueprint("health", __name__, description="Liveness and the caller's identity")
@@ -12,9 +12,10 @@ blp = Blueprint("health", __name__, description="Liveness and the caller's ident
 
 @blp.route("/health")
 @blp.doc(security=[])
+@blp.response(200, HealthSchema)
 def health():
     """Liveness: the API answers and the database responds."""
-    with transaction() as session:
+    with transaction(readonly=True) as session:
         session.execute(text("SELECT 1"))
     return {"status": "ok", "database": "ok"}
 

@@ -1,8 +1,8 @@
 from __future__ import annotations
 
-from flask_smorest import Blueprint
-
 from api.context import authenticated, command
+from api.openapi import errors
+from api.parsing import Blueprint
 from api.schemas import (
     CcResultSchema,
     CcSchema,
@@ -30,6 +30,7 @@ def instance_detail(session, instance) -> dict:
 @blp.route("/instances", methods=["POST"])
 @blp.arguments(StartInstanceSchema)
 @blp.response(201, InstanceDetailSchema)
+@errors(blp, {404: "No such process", 422: "The start form's data is invalid; details.fields names each field"})
 @command(InstanceDetailSchema, status=201)
 def start(body, session, user, actor):
     """Start an instance of the latest version of a process with the applicant's form data."""
@@ -47,52 +48,61 @@ def search(args, session, user):
     return queries.search_instances(session, user, **args)
 
 
-@blp.route("/instances/<string:instance_id>")
+@blp.route("/instances/<key(36):instance_id>")
 @blp.response(200, InstanceDetailSchema)
+@errors(blp, {403: "The caller may not see the instance", 404: "No such instance"})
 @authenticated
 def get(instance_id, session, user):
     """Status, data and current tasks of an instance."""
     return instance_detail(session, queries.get_instance(session, user, instance_id))
 
 
-@blp.route("/instances/<string:instance_id>/withdraw", methods=["POST"])
+@blp.route("/instances/<key(36):instance_id>/withdraw", methods=["POST"])
 @blp.arguments(ReasonSchema)
 @blp.response(200, InstanceDetailSchema)
+@errors(blp, {403: "The caller is not the applicant", 404: "No such instance",
+              409: "Already approved by someone, or the instance has ended"})
 @command(InstanceDetailSchema)
 def withdraw(body, instance_id, session, user, actor):
     """The applicant withdraws a running instance (撤回); its open tasks are cancelled."""
     return instance_detail(session, instances.withdraw_instance(session, actor, instance_id, body["reason"]))
 
 
-@blp.route("/instances/<string:instance_id>/cancel", methods=["POST"])
+@blp.route("/instances/<key(36):instance_id>/cancel", methods=["POST"])
 @blp.arguments(ReasonSchema)
 @blp.response(200, InstanceDetailSchema)
+@errors(blp, {403: "The caller is not an administrator", 404: "No such instance", 409: "The instance has ended"})
 @command(InstanceDetailSchema)
 def cancel(body, instance_id, session, user, actor):
     """An administrator cancels (作废) a running or failed instance."""
     return instance_detail(session, instances.cancel_instance(session, actor, instance_id, body["reason"]))
 
 
-@blp.route("/instances/<string:instance_id>/history")
+@blp.route("/instances/<key(36):instance_id>/history")
 @blp.response(200, HistorySchema)
+@errors(blp, {403: "The caller may not see the instance", 404: "No such instance"})
 @authenticated
 def history(instance_id, session, user):
     """The instance's append-only history, in order."""
     return {"instance_id": instance_id, "events": queries.history(session, user, instance_id)}
 
 
-@blp.route("/instances/<string:instance_id>/urge", methods=["POST"])
+@blp.route("/instances/<key(36):instance_id>/urge", methods=["POST"])
 @blp.arguments(UrgeSchema)
 @blp.response(200, UrgedSchema)
+@errors(blp, {403: "The caller is not the applicant", 404: "No such instance", 409: "The instance has ended",
+              429: "Urged within the last hour; Retry-After says when again"})
 @command(UrgedSchema)
 def urge(body, instance_id, session, user, actor):
     """催办: the applicant nudges the current approvers (once an hour per task, else 429)."""
     return {"urged": instances.urge_instance(session, actor, instance_id, body["message"])}
 
 
-@blp.route("/instances/<string:instance_id>/cc", methods=["POST"])
+@blp.route("/instances/<key(36):instance_id>/cc", methods=["POST"])
 @blp.arguments(CcSchema)
 @blp.response(200, CcResultSchema)
+@errors(blp, {403: "The caller is neither the applicant nor a current approver", 404: "No such instance",
+              422: "A user does not exist or is inactive"})
 @command(CcResultSchema)
 def cc(body, instance_id, session, user, actor):
     """抄送: let more people read the instance (applicant or current approvers)."""

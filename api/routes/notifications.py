@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from flask_smorest import Blueprint
 from marshmallow import Schema, fields
 
 from adapters.inbox import queries
 from api.context import authenticated, command
-from api.schemas import ApiErrorSchema, PageArgsSchema, PageMetaSchema
+from api.openapi import errors
+from api.parsing import Blueprint
+from api.schemas import PageArgsSchema, PageMetaSchema
 
 blp = Blueprint("notifications", __name__, description="The caller's in-app notifications")
 
@@ -48,9 +49,9 @@ def list_notifications(args, session, user):
                                      "unread": unread}}
 
 
-@blp.route("/notifications/<int:notification_id>/read", methods=["POST"])
+@blp.route("/notifications/<rowid:notification_id>/read", methods=["POST"])
 @blp.response(200, NotificationSchema)
-@blp.alt_response(404, schema=ApiErrorSchema, description="No such notification of the caller's")
+@errors(blp, {404: "No such notification of the caller's"})
 @command(NotificationSchema)
 def mark_read(notification_id, session, user, actor):
     """Mark one of the caller's notifications read (again is fine: the first read time stays)."""

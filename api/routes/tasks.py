@@ -1,8 +1,8 @@
 from __future__ import annotations
 
-from flask_smorest import Blueprint
-
 from api.context import authenticated, command
+from api.openapi import errors
+from api.parsing import Blueprint
 from api.routes.instances import instance_detail
 from api.schemas import (
     AddSignersSchema,
@@ -31,8 +31,9 @@ def list_tasks(args, session, user):
     return queries.list_tasks(session, user, **args)
 
 
-@blp.route("/tasks/<string:task_id>")
+@blp.route("/tasks/<key(36):task_id>")
 @blp.response(200, TaskDetailSchema)
+@errors(blp, {403: "The caller may not see the task's instance", 404: "No such task"})
 @authenticated
 def get(task_id, session, user):
     """A task with its form schema and the instance it belongs to."""
@@ -43,9 +44,11 @@ def get(task_id, session, user):
     return {**view, "form": model.form(task.form_key), "instance": instance_detail(session, instance)}
 
 
-@blp.route("/tasks/<string:task_id>/complete", methods=["POST"])
+@blp.route("/tasks/<key(36):task_id>/complete", methods=["POST"])
 @blp.arguments(CompleteTaskSchema)
 @blp.response(200, CompletedSchema)
+@errors(blp, {403: "The caller is not an approver of the task", 404: "No such task",
+              409: "The task is done, delegated, not the caller's turn yet, or the instance has ended"})
 @command(CompletedSchema)
 def complete(body, task_id, session, user, actor):
     """Approve, reject or submit a task with a comment and the form's fields."""
@@ -54,36 +57,44 @@ def complete(body, task_id, session, user, actor):
     return {"task": task, "instance": instance_detail(session, instance)}
 
 
-@blp.route("/tasks/<string:task_id>/transfer", methods=["POST"])
+@blp.route("/tasks/<key(36):task_id>/transfer", methods=["POST"])
 @blp.arguments(TransferSchema)
 @blp.response(200, TaskSchema)
+@errors(blp, {403: "The caller is not an approver of the task", 404: "No such task",
+              409: "The task is done, delegated, not the caller's turn yet, or the instance has ended"})
 @command(TaskSchema)
 def transfer(body, task_id, session, user, actor):
     """转办: hand the task to another active user, who then decides in your place."""
     return tasks.transfer_task(session, actor, task_id, body["to"], body["reason"])
 
 
-@blp.route("/tasks/<string:task_id>/delegate", methods=["POST"])
+@blp.route("/tasks/<key(36):task_id>/delegate", methods=["POST"])
 @blp.arguments(TransferSchema)
 @blp.response(200, TaskSchema)
+@errors(blp, {403: "The caller is not an approver of the task", 404: "No such task",
+              409: "The task is done, delegated, not the caller's turn yet, or the instance has ended"})
 @command(TaskSchema)
 def delegate(body, task_id, session, user, actor):
     """委派: ask another user for an opinion; the task returns to you to decide afterwards."""
     return tasks.delegate_task(session, actor, task_id, body["to"], body["reason"])
 
 
-@blp.route("/tasks/<string:task_id>/add-signers", methods=["POST"])
+@blp.route("/tasks/<key(36):task_id>/add-signers", methods=["POST"])
 @blp.arguments(AddSignersSchema)
 @blp.response(200, TaskSchema)
+@errors(blp, {403: "The caller is not an approver of the task", 404: "No such task",
+              409: "The task is done, delegated, not the caller's turn yet, or the instance has ended"})
 @command(TaskSchema)
 def add_signers(body, task_id, session, user, actor):
     """加签: add approvers before you (they approve first) or after you (they approve after you)."""
     return tasks.add_signers(session, actor, task_id, body["users"], body["position"], body["reason"])
 
 
-@blp.route("/tasks/<string:task_id>/return", methods=["POST"])
+@blp.route("/tasks/<key(36):task_id>/return", methods=["POST"])
 @blp.arguments(ReturnSchema)
 @blp.response(200, InstanceDetailSchema)
+@errors(blp, {403: "The caller is not an approver of the task", 404: "No such task",
+              409: "The task is done, delegated, not the caller's turn yet, or the instance has ended"})
 @command(InstanceDetailSchema)
 def return_(body, task_id, session, user, actor):
     """退回: send the instance back to a node it passed, or to the applicant; later approvals are redone."""

@@ -8,6 +8,7 @@ and data; restoring reattaches the cached spec. This removes the largest share o
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from uuid import UUID
 
 from SpiffWorkflow.bpmn.serializer import BpmnWorkflowSerializer
@@ -44,6 +45,7 @@ class _StateConverter(BpmnWorkflowConverter):
 
 
 _REGISTRY = BpmnWorkflowSerializer.configure(SPIFF_CONFIG)
+_REGISTRY.register(Decimal, lambda d: {"value": str(d)}, lambda v: Decimal(v["value"]))  # exact form numbers
 _CONVERTER = _StateConverter(BpmnWorkflow, _REGISTRY)
 _ENCODER = create_encoder(_REGISTRY, None)
 

@@ -22,6 +22,7 @@ from engine.services.queries import current_tasks
 BUSINESS_KEY_PREFIX = {"reimbursement": "BX", "payment": "FK", "contract": "HT"}
 CANCEL_ROLES = {"admin"}
 URGE_INTERVAL = timedelta(hours=1)
+MAX_AMOUNT = Decimal(10) ** 16
 
 
 def start_instance(session: Session, actor: Actor, process_key: str, data: dict[str, Any],
@@ -161,4 +162,8 @@ def _amount(data: dict[str, Any]) -> Decimal | None:
         amount = Decimal(str(value))
     except InvalidOperation:
         raise InvalidInput("amount must be a number", {"fields": {"amount": ["must be a number"]}}) from None
-    return amount.quantize(Decimal("0.01")) if amount.is_finite() else None
+    if not amount.is_finite():
+        return None
+    if abs(amount) >= MAX_AMOUNT:  # the amount column is NUMERIC(18, 2)
+        raise InvalidInput("amount is too large", {"fields": {"amount": [f"must be less than {MAX_AMOUNT:,}"]}})
+    return amount.quantize(Decimal("0.01"))

@@ -1,0 +1,34 @@
+"""Checks every request passes before its view runs: the body size limit, then the bearer token.
+
+Order matters to callers: a request without a token is a 401 whatever its body looks like (a client
+should not learn how we parse before it authenticates). This is only the cheap presence check; views
+still authenticate the token in their own transaction (api/context.py).
+"""
+
+from __future__ import annotations
+
+from flask import Flask, current_app, request
+
+from api.context import bearer_token
+from engine.errors import Unauthorized
+
+MAX_JSON_BYTES = 1024 * 1024  # any body but an upload; uploads have MAX_UPLOAD_BYTES (app config)
+
+
+def register(app: Flask) -> None:
+    app.before_request(_limit_body)
+    app.before_request(_require_token)
+
+
+def _limit_body() -> None:
+    """Only multipart uploads may use MAX_CONTENT_LENGTH; every other body is read up to 1 MiB (413 beyond)."""
+    if request.mimetype != "multipart/form-data":
+        request.max_content_length = MAX_JSON_BYTES
+
+
+def _require_token() -> None:
+    if request.routing_exception is not None:
+        return  # 404/405 are raised by dispatch as usual
+    view = current_app.view_functions.get(request.endpoint)
+    if getattr(view, "requires_token", False) and bearer_token() is None:
+        raise Unauthorized("缺少访问令牌：请使用 Authorization: Bearer <token>")
