@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
@@ -18,6 +19,7 @@ from engine.services import idempotency
 from engine.services.auth import authenticate
 
 MAX_KEY_LENGTH = 255
+IDEMPOTENCY_KEY_PATTERN = rf"^[\x20-\x7e]{{1,{MAX_KEY_LENGTH}}}$"  # printable ASCII: UUIDs, order numbers …
 MAX_USER_AGENT = 255  # the history column's length
 MAX_CLIENT_IP = 64
 
@@ -112,11 +114,12 @@ def command(schema: type[Schema], status: int = 200) -> Callable[[Callable[..., 
 
 
 def idempotency_key() -> str | None:
-    """The Idempotency-Key header, if any; 422 unless it is 1 to 255 printable characters (it is stored)."""
+    """The Idempotency-Key header, if any; 422 unless it is 1 to 255 printable ASCII characters (it is
+    stored, and compared byte for byte)."""
     key = request.headers.get("Idempotency-Key")
-    if key is not None and not (0 < len(key) <= MAX_KEY_LENGTH and key.isprintable()):
-        raise InvalidInput(f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} printable characters",
-                           {"fields": {"Idempotency-Key": ["must be 1 to 255 printable characters"]}})
+    if key is not None and not re.fullmatch(IDEMPOTENCY_KEY_PATTERN, key):
+        reason = f"must be 1 to {MAX_KEY_LENGTH} printable ASCII characters"
+        raise InvalidInput(f"Idempotency-Key {reason}", {"fields": {"Idempotency-Key": [reason]}})
     return key
 
 

@@ -21,8 +21,10 @@ from typing import Any
 import flask
 from apispec import BasePlugin
 from flask_smorest import Api
+from marshmallow import fields as ma_fields
 from swagger_ui_bundle import swagger_ui_path
 
+from api.context import IDEMPOTENCY_KEY_PATTERN, MAX_KEY_LENGTH
 from api.schemas import ApiErrorSchema
 from engine.db import transaction
 from engine.services import deployments
@@ -48,7 +50,7 @@ IDEMPOTENCY_KEY = "IdempotencyKey"
 IDEMPOTENCY_KEY_PARAMETER = {
     "description": "Retrying a call with the same key returns the first response (header "
                    "`Idempotent-Replay: true`) without acting again; the same key with another body is a 422.",
-    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+    "schema": {"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH, "pattern": IDEMPOTENCY_KEY_PATTERN},
     "required": False,
 }
 
@@ -60,6 +62,7 @@ class FinflowApi(Api):
 
     def _openapi_json(self):
         document = copy.deepcopy(self.spec.to_dict())
+        add_links(document)
         with transaction(readonly=True) as session:
             add_start_forms(document, _start_forms(session))
         return flask.current_app.response_class(flask.json.dumps(document, indent=2), mimetype="application/json")
@@ -71,6 +74,7 @@ def setup(app: flask.Flask) -> FinflowApi:
                       OPENAPI_SWAGGER_UI_CONFIG={"persistAuthorization": True})
     api = FinflowApi(app, spec_kwargs={"info": {"description": "finflow finance approval BPM API"},
                                        "extra_plugins": [ErrorDocsPlugin(app)]})
+    api.ma_plugin.converter.add_attribute_function(_decimal_as_string)
     api.spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
     api.spec.options["security"] = [{"bearer": []}]
     for name, description in ERROR_RESPONSES.values():
@@ -80,6 +84,13 @@ def setup(app: flask.Flask) -> FinflowApi:
                                                               **IDEMPOTENCY_KEY_PARAMETER})
     app.register_blueprint(_assets)
     return api
+
+
+def _decimal_as_string(converter, field: ma_fields.Field, **kwargs: Any) -> dict[str, Any]:
+    """apispec documents every Decimal field as a number; one dumped `as_string` is a string (amounts)."""
+    if isinstance(field, ma_fields.Decimal) and field.as_string:
+        return {"type": "string", "format": "decimal"}
+    return {}
 
 
 def errors(blp, described: dict[int, str]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -130,6 +141,50 @@ def _implied_errors(operation: dict[str, Any], view: Any, *, has_path_params: bo
     if getattr(view, "honours_idempotency_key", False):
         statuses.append(422)
     return sorted(set(statuses))
+
+
+# -- links: where an id in a response is used next ---------------------------------------------
+
+_INSTANCE = f"{PREFIX}/instances/{{instance_id}}"
+_TASK = f"{PREFIX}/tasks/{{task_id}}"
+_SUBSCRIPTION = f"{PREFIX}/event-subscriptions/{{subscription_id}}"
+_INSTANCE_OPS = [("get", _INSTANCE), ("get", f"{_INSTANCE}/history"), ("post", f"{_INSTANCE}/withdraw"),
+                 ("post", f"{_INSTANCE}/cancel"), ("post", f"{_INSTANCE}/urge"), ("post", f"{_INSTANCE}/cc")]
+_TASK_OPS = [("get", _TASK)] + [("post", f"{_TASK}/{action}") for action in
+                                ("complete", "transfer", "delegate", "add-signers", "return")]
+_SUBSCRIPTION_OPS = [("get", _SUBSCRIPTION), ("post", f"{_SUBSCRIPTION}/pause"),
+                     ("post", f"{_SUBSCRIPTION}/resume"), ("delete", _SUBSCRIPTION),
+                     ("get", f"{_SUBSCRIPTION}/deliveries"), ("post", f"{_SUBSCRIPTION}/deliveries/retry-dead")]
+# (operation, status) -> [(target operation, {parameter: runtime expression})]
+LINKS: dict[tuple[str, str, int], list[tuple[str, str, dict[str, str]]]] = {
+    ("post", START_PATH, 201): [(m, p, {"instance_id": "$response.body#/id"}) for m, p in _INSTANCE_OPS]
+    + [(m, p, {"task_id": "$response.body#/current_tasks/0/id"}) for m, p in _TASK_OPS],
+    ("get", START_PATH, 200): [(m, p, {"instance_id": "$response.body#/items/0/id"}) for m, p in _INSTANCE_OPS],
+    ("get", f"{PREFIX}/tasks", 200): [(m, p, {"task_id": "$response.body#/items/0/id"}) for m, p in _TASK_OPS],
+    ("get", f"{PREFIX}/notifications", 200): [("post", f"{PREFIX}/notifications/{{notification_id}}/read",
+                                                {"notification_id": "$response.body#/items/0/id"})],
+    ("get", f"{PREFIX}/outbox", 200): [(m, p, {"outbox_id": "$response.body#/items/0/id"}) for m, p in
+                                        [("get", f"{PREFIX}/outbox/{{outbox_id}}"),
+                                         ("post", f"{PREFIX}/outbox/{{outbox_id}}/retry")]],
+    ("post", f"{PREFIX}/event-subscriptions", 201): [
+        (m, p, {"subscription_id": "$response.body#/id"}) for m, p in _SUBSCRIPTION_OPS],
+    ("get", f"{PREFIX}/definitions", 200): [("get", f"{PREFIX}/definitions/{{key}}", {"key": "$response.body#/0/key"})],
+    ("get", f"{PREFIX}/definitions/{{key}}", 200): [
+        ("get", f"{PREFIX}/definitions/{{key}}/versions/{{version}}/bpmn",
+         {"key": "$response.body#/key", "version": "$response.body#/latest_version"})],
+}
+
+
+def add_links(document: dict[str, Any]) -> None:
+    """OpenAPI links from the responses that return ids to the operations taking them (for readers and
+    for stateful testing)."""
+    for (method, path, status), targets in LINKS.items():
+        response = document["paths"][path][method]["responses"][str(status)]
+        response["links"] = {
+            f"{target_method}{target.removeprefix(PREFIX)}".replace("/", "_").replace("{", "").replace("}", ""): {
+                "operationRef": "#/paths/" + target.replace("~", "~0").replace("/", "~1") + f"/{target_method}",
+                "parameters": parameters}
+            for target_method, target, parameters in targets}
 
 
 # -- start forms ------------------------------------------------------------------------------------
