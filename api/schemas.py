@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from marshmallow import Schema, fields, validate
+from datetime import date, datetime
+
+from marshmallow import Schema, ValidationError, fields, validate
 
 PROCESS_KEY = validate.Regexp(r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$", error="must be a process key like 'payment'")
 
@@ -136,13 +138,20 @@ class StartInstanceSchema(StrictSchema):
     data = fields.Dict(required=True, metadata={"description": "the start form's fields"})
 
 
+def in_calendar(moment: datetime) -> None:
+    """A time zone moves a moment by less than a day, so one between these dates can always be compared
+    in UTC, as the database does; 0001-01-01T00:00+08:00 would overflow the calendar (a 500)."""
+    if not date(1, 1, 2) <= moment.date() <= date(9999, 12, 30):
+        raise ValidationError("must be between 0001-01-02 and 9999-12-30")
+
+
 class InstanceSearchArgsSchema(PageArgsSchema):
     process_key = fields.String(validate=PROCESS_KEY)
     status = fields.String(validate=validate.OneOf(["running", "completed", "withdrawn", "cancelled", "failed"]))
     business_key = fields.String()
     starter = fields.String()
-    started_from = fields.DateTime()
-    started_to = fields.DateTime()
+    started_from = fields.DateTime(validate=in_calendar)
+    started_to = fields.DateTime(validate=in_calendar)
 
 
 class ReasonSchema(StrictSchema):

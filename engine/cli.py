@@ -173,16 +173,23 @@ def up(ctx: click.Context, then_serve: bool) -> None:
     ctx.invoke(deploy, paths=())
     tokens = Path(os.environ.get("FINFLOW_DATA_DIR", "var")) / "demo-tokens.txt"
     tokens.parent.mkdir(parents=True, exist_ok=True)
-    from engine.services.auth import issue_token
-
-    demo_users = ["suxiaoyun", "guoxin", "huangmin", "zhaoqiang", "liuli", "yangxue", "qianfang", "linna",
-                  "wangjianguo", "chenjing", "lihua", "zhangwei", "fengli", "luyao"]
-    with transaction() as session:
-        lines = [f"{u} {issue_token(session, u, 'demo')}" for u in demo_users]
+    lines = _demo_tokens()
     tokens.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    click.echo(f"demo API tokens written to {tokens} (e.g. {lines[0]})")
+    click.echo(f"{len(lines)} demo API tokens written to {tokens}, one `user token` per line (e.g. {lines[0]})")
     if then_serve:
         ctx.invoke(serve)
+
+
+def _demo_tokens() -> list[str]:
+    """A fresh token for every user of the demo company (engine/demo/org.json), so any role can be tried."""
+    import json
+
+    from engine.org.directory import DEMO_ORG
+    from engine.services.auth import issue_token
+
+    users = [u["id"] for u in json.loads(DEMO_ORG.read_text(encoding="utf-8"))["users"]]
+    with transaction() as session:
+        return [f"{user} {issue_token(session, user, 'demo')}" for user in users]
 
 
 @main.command()

@@ -2,6 +2,7 @@
 
 import pytest
 
+from api import create_app
 from tests.helpers import claim, payment
 
 START = "/api/v1/instances"
@@ -35,10 +36,31 @@ def test_walkthrough_start_list_complete_history(as_user):
     history = applicant.get(f"/api/v1/instances/{body['id']}/history").json["events"]
     completed = next(e for e in history if e["type"] == "task.completed")
     assert completed["actor_id"] == "guoxin" and completed["channel"] == "api"
-    assert completed["client_ip"] == "10.1.2.3" and completed["user_agent"] == "WeComTest/1.0"
+    # no proxy is configured (FINFLOW_TRUSTED_PROXY_HOPS=0): the socket's address, not the client's claim
+    assert completed["client_ip"] == "127.0.0.1" and completed["user_agent"] == "WeComTest/1.0"
     assert completed["payload"]["comment"] == "同意报销"
     assert completed["payload"]["form_data"] == {"opinion": "金额合理"}
     assert [e["seq"] for e in history] == list(range(1, len(history) + 1))
+
+
+def approve_and_read_ip(as_user, app, headers) -> str:
+    """Approve a fresh claim through `app` from socket address 192.0.2.10; the IP its history records."""
+    started = start(as_user("suxiaoyun")).json
+    task_id = started["current_tasks"][0]["id"]
+    app.test_client().post(f"/api/v1/tasks/{task_id}/complete", json={"action": "approve"},
+                           headers={**as_user("guoxin").headers, **headers}, environ_base={"REMOTE_ADDR": "192.0.2.10"})
+    history = as_user("suxiaoyun").get(f"{START}/{started['id']}/history").json["events"]
+    return next(e for e in history if e["type"] == "task.completed")["client_ip"]
+
+
+def test_forwarded_for_is_believed_only_from_the_configured_proxies(as_user, monkeypatch):
+    spoofed = {"X-Forwarded-For": "6.6.6.6"}
+    assert approve_and_read_ip(as_user, create_app({"TESTING": True}), spoofed) == "192.0.2.10"  # no proxy
+    one_proxy = create_app({"TESTING": True, "TRUSTED_PROXY_HOPS": 1})
+    assert approve_and_read_ip(as_user, one_proxy, {"X-Forwarded-For": "6.6.6.6, 10.1.2.3"}) == "10.1.2.3"
+    monkeypatch.setenv("FINFLOW_TRUSTED_PROXY_HOPS", "2")
+    two_proxies = create_app({"TESTING": True})
+    assert approve_and_read_ip(as_user, two_proxies, {"X-Forwarded-For": "6.6.6.6, 10.1.2.3, 10.0.0.1"}) == "10.1.2.3"
 
 
 def test_search_instances_with_filters_and_pagination(as_user):
