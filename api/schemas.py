@@ -14,9 +14,9 @@ class StrictSchema(Schema):
 
 
 class ApiErrorBodySchema(Schema):
-    code = fields.String(required=True)
-    message = fields.String(required=True)
-    details = fields.Dict()
+    code = fields.String(required=True, metadata={"description": "stable, e.g. not_found, invalid_input"})
+    message = fields.String(required=True, metadata={"description": "for people (Chinese where users read it)"})
+    details = fields.Dict(required=True, metadata={"description": "e.g. fields: {name: [reasons]} on a 422"})
 
 
 class ApiErrorSchema(Schema):
