@@ -58,8 +58,26 @@ class NodeInfo:
 
     @property
     def on_empty(self) -> str:
-        """When nobody can be assigned: fail (default), skip, or role:<role> to hand the task to a role."""
+        """When nobody can be assigned: fail (default), skip, role:<role> to hand the task to a role, or
+        assign:<expression> (e.g. assign:manager(starter)) to hand it to whoever that expression names."""
         return self.properties.get("finflow.on_empty", "fail")
+
+    @property
+    def is_approval(self) -> bool:
+        """A node where someone approves (a submit-only step such as 申请人修改 is not)."""
+        return self.kind == "userTask" and "approve" in self.actions
+
+    @property
+    def allow_starter(self) -> bool:
+        """Segregation of duties is the default: the applicant never approves their own request here
+        unless the node says so (finflow.allow_starter=true)."""
+        return self.properties.get("finflow.allow_starter", "false").lower() == "true"
+
+    @property
+    def distinct(self) -> bool:
+        """finflow.distinct=true: whoever approved another node of this request may not approve this one
+        (e.g. 部门负责人 then 财务经理 must be two people); the opposite of finflow.dedupe."""
+        return self.properties.get("finflow.distinct", "false").lower() == "true"
 
     @property
     def dedupe(self) -> bool:
@@ -211,8 +229,14 @@ def _check_nodes(model: ProcessModel, forms: dict[str, Any], filename: str) -> N
             raise _node_error(filename, node.id, f"form '{node.form_key}' is not in the deployment")
         if node.mode not in MODES:
             raise _node_error(filename, node.id, f"finflow.mode '{node.mode}' is not one of {', '.join(MODES)}")
-        if not (node.on_empty in ("fail", "skip") or node.on_empty.startswith("role:")):
-            raise _node_error(filename, node.id, f"finflow.on_empty '{node.on_empty}': use fail, skip or role:<role>")
+        if not (node.on_empty in ("fail", "skip") or node.on_empty.startswith(("role:", "assign:"))):
+            raise _node_error(filename, node.id,
+                              f"finflow.on_empty '{node.on_empty}': use fail, skip, role:<role> or assign:<expression>")
+        if node.on_empty.startswith("assign:"):
+            try:
+                parse_assignment(node.on_empty.removeprefix("assign:"))
+            except AssignmentError as exc:
+                raise _node_error(filename, node.id, f"finflow.on_empty: {exc}") from exc
         if node.cc:
             try:
                 parse_assignment(node.cc)

@@ -8,6 +8,7 @@ and data; restoring reattaches the cached spec. This removes the largest share o
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from uuid import UUID
 
 from SpiffWorkflow.bpmn.serializer import BpmnWorkflowSerializer
@@ -44,6 +45,8 @@ class _StateConverter(BpmnWorkflowConverter):
 
 
 _REGISTRY = BpmnWorkflowSerializer.configure(SPIFF_CONFIG)
+# Amounts in task data stay exact Decimals across steps (SpiffWorkflow knows only UUID, datetime, timedelta).
+_REGISTRY.register(Decimal, lambda v: {"value": str(v)}, lambda v: Decimal(v["value"]))
 _CONVERTER = _StateConverter(BpmnWorkflow, _REGISTRY)
 _ENCODER = create_encoder(_REGISTRY, None)
 
