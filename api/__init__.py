@@ -30,9 +30,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     api.spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
     api.spec.options["security"] = [{"bearer": []}]
 
-    from api.routes import admin, definitions, events, health, instances, notifications, tasks
+    from api.routes import admin, budgets, definitions, events, health, instances, notifications, tasks
 
-    for module in (health, definitions, instances, tasks, notifications, admin, events):
+    for module in (health, definitions, instances, tasks, notifications, budgets, admin, events):
         api.register_blueprint(module.blp, url_prefix="/api/v1")
     register_error_handlers(app)
     adapters.load_all()  # the API records events: their subscribers must be known here (see adapters/)

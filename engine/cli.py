@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from engine.budget_cli import budget
 from engine.db import transaction
 from engine.errors import FinflowError
 from engine.history import Actor
@@ -274,5 +275,6 @@ def _adapter_commands() -> list[click.Command]:
     return adapters.cli_commands()
 
 
+main.add_command(budget)
 for _command in _adapter_commands():
     main.add_command(_command)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import itertools
 import random
-from datetime import date, timedelta
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import select
 
 from engine.db import transaction
+from engine.finance.invoices import today as china_today
 from engine.history import Actor
 from engine.models import Budget, HistoryEvent, Instance, Task, Voucher
 from engine.services.instances import start_instance
@@ -20,7 +21,7 @@ from engine.services.tasks import complete_task
 def invoice(amount: Any, number: str | None = None, days_ago: int = 3, code: str | None = None) -> dict[str, Any]:
     """An invoice line dated a few days ago, with a number no other test claim uses unless given."""
     line = {"number": number or f"{next(_INVOICE_NUMBERS):020d}", "amount": amount,
-            "date": (date.today() - timedelta(days=days_ago)).isoformat()}
+            "date": (china_today() - timedelta(days=days_ago)).isoformat()}
     return {**line, "code": code} if code else line
 
 

@@ -6,9 +6,10 @@ Starters: suxiaoyun (市场部品牌专员, manager guoxin, department head huan
 from __future__ import annotations
 
 import itertools
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 
 from engine.demo.driver import Scenario
+from engine.finance.invoices import today as invoice_today
 
 _SERIAL = itertools.count(1)
 
@@ -16,7 +17,7 @@ _SERIAL = itertools.count(1)
 def _invoices(amount: int) -> list[dict]:
     """One 全电发票 dated yesterday, numbered afresh each run (an invoice backs one claim only)."""
     number = f"{datetime.now():%y%m%d%H%M%S}{next(_SERIAL):08d}"
-    return [{"number": number, "amount": amount, "date": (date.today() - timedelta(days=1)).isoformat()}]
+    return [{"number": number, "amount": amount, "date": (invoice_today() - timedelta(days=1)).isoformat()}]
 
 
 def _claim(category: str, amount: int, reason: str) -> dict:

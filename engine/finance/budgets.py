@@ -51,6 +51,7 @@ def lock_line(session: Session, line: str) -> Budget:
 
 def held_by(session: Session, instance_id: str, line: str | None = None) -> dict[str, Decimal]:
     """What an instance has reserved, per line (lines with nothing left are omitted)."""
+    session.flush()  # entries added earlier in this command count (the session does not autoflush)
     stmt = (select(BudgetEntry.line, func.sum(BudgetEntry.reserved_delta))
             .where(BudgetEntry.instance_id == instance_id).group_by(BudgetEntry.line))
     if line is not None:
@@ -61,6 +62,7 @@ def held_by(session: Session, instance_id: str, line: str | None = None) -> dict
 def reserve(session: Session, instance_id: str, line: str, amount: Decimal, actor_id: str | None) -> Reservation:
     """Check the line and hold `amount` for the instance; a repeated check (a resubmission) moves the
     instance's reservation to the new amount. Not enough left: nothing is held, the old hold is released."""
+    release_except(session, instance_id, line, actor_id, "预算科目已更换，释放原科目占用")
     budget = lock_line(session, line)
     held = held_by(session, instance_id, line).get(line, ZERO)
     room = budget.available + held
@@ -74,6 +76,13 @@ def reserve(session: Session, instance_id: str, line: str, amount: Decimal, acto
         _entry(session, budget, "release", instance_id, actor_id, "预算不足，释放原占用", reserved=-held)
     reason = f"超出预算：{budget.name} 可用 {fmt(room)} 元，申请 {fmt(amount)} 元"
     return Reservation(False, budget, amount, ZERO, reason)
+
+
+def release_except(session: Session, instance_id: str, line: str | None, actor_id: str | None, reason: str) -> None:
+    """Release what the instance holds on every line but `line` (a revised request may change its line)."""
+    for other, held in held_by(session, instance_id).items():
+        if other != line:
+            _entry(session, lock_line(session, other), "release", instance_id, actor_id, reason, reserved=-held)
 
 
 def consume(session: Session, instance_id: str, line: str, amount: Decimal, actor_id: str | None,

@@ -22,8 +22,11 @@ def warning_ratio() -> Decimal:
 
 
 @operator("budget_check")
-def budget_check(ctx: OperatorContext, budget_line: str, amount: Any) -> dict[str, Any]:
+def budget_check(ctx: OperatorContext, budget_line: str | None, amount: Any) -> dict[str, Any]:
     requested = to_money(amount)
+    if not budget_line:  # a reimbursement charged to no line: nothing to check, nothing held
+        budgets.release_except(ctx.session, ctx.instance_id, None, ctx.starter_id, "未填写预算科目，释放原占用")
+        return {"approved": True, "budget_line": None, "usage_ratio": None, "warning": False, "reason": ""}
     try:
         budget = budgets.lock_line(ctx.session, budget_line)
     except budgets.BudgetLineUnknown as exc:

@@ -75,8 +75,11 @@ class InstanceRun:
     def start(cls, session: Session, instance: Instance, model: ProcessModel, data: dict[str, Any],
               actor: Actor) -> InstanceRun:
         workflow = BpmnWorkflow(model.spec, model.subprocess_specs, script_engine=SCRIPT_ENGINE)
+        # Every field the start form declares is a variable, null when left out, so a diagram can ask
+        # whether an optional field was filled (budget_line) instead of failing on an unknown name.
+        declared = dict.fromkeys(model.form(model.start_form).get("properties", {})) if model.start_form else {}
         for task in workflow.get_tasks(state=TaskState.READY):
-            task.data.update(data)
+            task.data.update({**declared, **data})
         run = cls(session, instance, model, workflow, actor)
         run.history.record("instance.started", {"process_key": model.key, "version_id": model.version_id,
                                                 "business_key": instance.business_key, "data": data})
