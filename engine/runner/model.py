@@ -141,12 +141,16 @@ def parse_bundle(files: dict[str, str]) -> ParsedBundle:
 
 
 def load_model(files: dict[str, str], process_key: str) -> ProcessModel:
-    """The model of one process of a stored version, without re-applying deploy rules added since."""
-    bundle = _Bundle(files)
+    """The model of one process of a stored version.
+
+    finflow's own deploy rules are not applied again: a version stored before a rule existed must still
+    load, or its running instances could not even be withdrawn or cancelled.
+    """
+    bundle = _Bundle(files, strict=False)
     if process_key not in bundle.processes:
         raise DeploymentInvalid(f"process '{process_key}' is not in the version's files",
                                 {"process_key": process_key, "files": sorted(files)})
-    return bundle.model(process_key, strict=False)[0]
+    return bundle.model(process_key)[0]
 
 
 @dataclass
@@ -154,11 +158,11 @@ class _Process:
     """One <bpmn:process> of an uploaded file, with what finflow reads from it."""
     key: str
     file: str
-    element: Any
+    element: etree._Element
     executable: bool
     nodes: dict[str, NodeInfo]
     flows: dict[tuple[str, str], FlowInfo]
-    calls: list[tuple[str, Any]]  # (called process key, callActivity element)
+    calls: list[tuple[str, etree._Element]]  # (called process key, callActivity element)
     checked: bool = False
 
 
@@ -167,19 +171,20 @@ class _Bundle:
 
     Reading is eager and per file, so every error names the file it comes from; a process's spec is built
     only when its model is asked for, so a multi-process file does not need the decisions and forms of
-    processes a version does not run.
+    processes a version does not run. `strict` applies finflow's deploy rules (an upload); without it the
+    files are only read (a stored version).
     """
 
-    def __init__(self, files: dict[str, str]):
+    def __init__(self, files: dict[str, str], strict: bool = True):
         unknown = [n for n in files if not n.endswith((".bpmn", ".dmn", ".json"))]
         if unknown:
             raise DeploymentInvalid("Only .bpmn, .dmn and .json (form) files can be deployed", {"files": unknown})
         if not any(n.endswith(".bpmn") for n in files):
             raise DeploymentInvalid("A deployment needs at least one .bpmn file", {"files": sorted(files)})
-        self.files = files
+        self.files, self.strict = files, strict
         self.roots = {n: _read(n, functools.partial(parse_xml, t, n))
                       for n, t in files.items() if n.endswith((".bpmn", ".dmn"))}
-        self.forms = {_form_key(n): _read(n, functools.partial(_load_form, n, t))
+        self.forms = {_form_key(n): _read(n, functools.partial(_load_form, n, t, strict))
                       for n, t in files.items() if n.endswith(".json")}
         self.parser = SpiffBpmnParser(validator=BpmnValidator(), dmn_schemas=_dmn_schemas())
         self.decisions: dict[str, str] = {}  # decision id -> .dmn file
@@ -216,24 +221,24 @@ class _Bundle:
             self.parser.add_bpmn_xml(root, filename=name)
 
     def executable_keys(self) -> list[str]:
-        """Executable processes, in file order; a .bpmn file with none of them is refused."""
+        """Executable processes, by file name; a .bpmn file with none of them is refused."""
         for name, root in self.roots.items():
             if name.endswith(".bpmn") and not any(p.executable for p in self.processes.values() if p.file == name):
                 raise checks.problem('the file has no executable process (a <bpmn:process> with isExecutable='
                                      '"true"), so nothing in it would be deployed', name, line=root.sourceline)
         return [p.key for p in self.processes.values() if p.executable]
 
-    def model(self, key: str, strict: bool = True) -> tuple[ProcessModel, dict[str, str]]:
+    def model(self, key: str) -> tuple[ProcessModel, dict[str, str]]:
         """The model of one process with every process it calls, and the files its version needs."""
         calls = {k: p.calls for k, p in self.processes.items()}
         executable = {k: p.executable for k, p in self.processes.items()}
-        files = {k: p.file for k, p in self.processes.items()}
-        parts = [self.processes[k] for k in checks.called_processes(key, calls, executable, files, strict)]
-        if strict:
+        file_of = {k: p.file for k, p in self.processes.items()}
+        parts = [self.processes[k] for k in checks.called_processes(key, calls, executable, file_of, self.strict)]
+        if self.strict:
             for part in parts:
                 self._check(part)
-        nodes = checks.merge_parts(((p.key, p.file, p.nodes) for p in parts), "element id", strict)
-        flows = checks.merge_parts(((p.key, p.file, p.flows) for p in parts), "sequence flow", strict)
+        nodes = checks.merge_parts(((p.key, p.file, p.nodes) for p in parts), "element id", self.strict)
+        flows = checks.merge_parts(((p.key, p.file, p.flows) for p in parts), "sequence flow", self.strict)
         for part in reversed(parts):  # each spec in its own file's context, callees first
             with checks.about_file(part.file, self.roots[part.file]):
                 self.parser.get_spec(part.key)
@@ -283,7 +288,7 @@ def _with_dmn_prefix(root):
     a file that binds the DMN namespace to another prefix (`<semantic:definitions>`, as some modelers and the
     DMN TCK write) is the same DMN, so the root gets that binding too."""
     namespace = etree.QName(root).namespace
-    if namespace in (root.nsmap.get(None), root.nsmap.get("dmn")) or "dmn" in root.nsmap:
+    if root.nsmap.get(None) == namespace or "dmn" in root.nsmap:
         return root
     rebound = etree.Element(root.tag, attrib=dict(root.attrib), nsmap={**root.nsmap, "dmn": namespace})
     rebound.text = root.text
@@ -346,7 +351,7 @@ def _form_key(filename: str) -> str:
     return filename.rsplit("/", 1)[-1].removesuffix(".json")
 
 
-def _load_form(filename: str, text: str) -> dict[str, Any]:
+def _load_form(filename: str, text: str, strict: bool = True) -> dict[str, Any]:
     try:
         schema = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -360,7 +365,8 @@ def _load_form(filename: str, text: str) -> dict[str, Any]:
     except jsonschema.SchemaError as exc:
         raise DeploymentInvalid(f"{filename} is not a valid JSON Schema: {exc.message}",
                                 {"file": filename, "path": list(exc.path)}) from exc
-    checks.check_form_refs(filename, schema)
+    if strict:
+        checks.check_form_refs(filename, schema)
     return schema
 
 
