@@ -55,11 +55,11 @@ def problem(reason: str, file: str | None, element: Any = None, line: int | None
     element_id = element
     if isinstance(element, etree._Element):
         element_id, line = element.get("id"), line or element.sourceline
-    where = ", ".join(p for p in (file, f"line {line}" if line else None) if p)
     if element_id:
+        where = ", ".join(p for p in (file, f"line {line}" if line else None) if p)
         message = f"{element_id}: {reason}" + (f" ({where})" if where else "")
     else:
-        message = f"{file}: {reason}" + (f" (line {line})" if line else "") if file else reason
+        message = (f"{file}: {reason}" if file else reason) + (f" (line {line})" if line else "")
     return DeploymentInvalid(message, {"file": file, "element_id": element_id or None, "line": line or None,
                                        "reason": reason, **extra})
 
@@ -80,17 +80,16 @@ def about_file(file: str, root: etree._Element | None = None) -> Iterator[None]:
     except ValidationException as exc:
         reason = str(exc).split("\n")[0].strip().rstrip(".") + "."
         element = _element_by_id(root, exc.id) if exc.id else _element_at_line(root, exc.line_number or None, reason)
-        if element is None:
-            raise problem(reason, exc.file_name or file, exc.id or None, exc.line_number or None) from exc
-        raise problem(reason, exc.file_name or file, element, exc.line_number or None) from exc
+        raise problem(reason, exc.file_name or file, exc.id or None if element is None else element,
+                      exc.line_number or None) from exc
     except etree.XPathEvalError as exc:
         declared = sorted(p for p in (root.nsmap if root is not None else {}) if p)
         raise problem(f"{exc} while reading the file: SpiffWorkflow expects the BPMN and DMN namespaces it "
                       f"knows (prefixes declared here: {', '.join(declared) or 'none'})", file) from exc
     except Exception as exc:  # noqa: BLE001 - a parser failing on a hostile file is the file's problem
         log.info("parser failed on %s", file, exc_info=True)
-        raise problem(f"cannot be read ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})",
-                      file) from exc
+        first_line = (str(exc).splitlines() or [""])[0]
+        raise problem(f"cannot be read ({type(exc).__name__}: {first_line})", file) from exc
 
 
 def _element_by_id(root: etree._Element | None, element_id: str) -> etree._Element | None:
@@ -114,7 +113,7 @@ def _element_at_line(root: etree._Element | None, line: int | None, message: str
 
 # -- DMN files --------------------------------------------------------------------------------------
 
-def dmn_decisions(file: str, root: etree._Element) -> list[etree._Element]:
+def dmn_decision(file: str, root: etree._Element) -> etree._Element:
     """The decision of a DMN file, which must be one decision table in a DMN 1.1, 1.2 or 1.3 namespace.
 
     SpiffWorkflow indexes a DMN file by its first decision and refuses files with several, and it evaluates
@@ -130,8 +129,8 @@ def dmn_decisions(file: str, root: etree._Element) -> list[etree._Element]:
     namespace = name.namespace
     decisions = root.findall(f"{{{namespace}}}decision")
     if not decisions:
-        raise problem("the file has no <decision>; a .dmn file holds one decision table", file,
-                      line=root.sourceline)
+        raise problem(f"the file has no <decision> in the DMN namespace '{namespace}' of its <definitions>; "
+                      "a .dmn file holds one decision table", file, line=root.sourceline)
     if len(decisions) > 1:
         raise problem(f"the file has {len(decisions)} decisions ({', '.join(d.get('id') or '?' for d in decisions)}); "
                       "finflow runs one decision per .dmn file: put each in its own file", file,
@@ -147,7 +146,7 @@ def dmn_decisions(file: str, root: etree._Element) -> list[etree._Element]:
         if not part.get("id"):
             raise problem(f"<{etree.QName(part).localname}> has no id; SpiffWorkflow needs one on every "
                           f"{', '.join(_IDENTIFIED)} of a decision table", file, line=part.sourceline)
-    return decisions
+    return decision
 
 
 # SpiffWorkflow reads attrib['id'] of each of these (a KeyError without it)

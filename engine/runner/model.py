@@ -196,7 +196,7 @@ class _Bundle:
 
     def _add_dmn(self, name: str) -> None:
         with checks.about_file(name, self.roots[name]):
-            decision = checks.dmn_decisions(name, self.roots[name])[0]
+            decision = checks.dmn_decision(name, self.roots[name])
             decision_id = decision.get("id")
             if decision_id in self.decisions:
                 raise checks.problem(f"decision '{decision_id}' is also defined in {self.decisions[decision_id]}",
@@ -302,7 +302,7 @@ def _dmn_schemas() -> dict[str, str]:
     """The DMN XSDs SpiffWorkflow ships that compile. Its DMN 1.2 schema imports the DMNDI namespace from
     the DI schema and cannot be compiled, which failed every DMN 1.2 upload with an error about that XSD;
     SpiffWorkflow runs DMN 1.2 tables all the same, so they are read without XSD validation (finflow's own
-    structure checks in `checks.dmn_decisions` still apply)."""
+    structure checks in `checks.dmn_decision` still apply)."""
     usable = {}
     for namespace, path in DMN_SCHEMAS.items():
         try:
