@@ -12,7 +12,7 @@ from marshmallow import Schema
 from sqlalchemy.exc import IntegrityError
 
 from engine.db import transaction
-from engine.errors import InvalidInput
+from engine.errors import FinflowError, InvalidInput
 from engine.history import Actor
 from engine.models import User
 from engine.services import idempotency
@@ -85,12 +85,22 @@ def command(schema: type[Schema], status: int = 200) -> Callable[[Callable[..., 
             key = idempotency_key()
             try:
                 return _run(view, key, args, kwargs)
-            except IntegrityError:
-                if key is None:
+            except (IntegrityError, FinflowError):
+                # A concurrent twin with the same key may have committed first (its invoice claims or
+                # its key record then collide with ours): answer with its result, else the error stands.
+                twin = _committed_twin(key) if key is not None else None
+                if twin is None:
                     raise
-                return _run(view, key, args, kwargs)  # a concurrent twin committed first: replay its result
+                return twin
 
         return honours_idempotency_key(wrapper)
+
+    def _committed_twin(key):
+        with transaction(readonly=True) as session:
+            user = authenticate(session, bearer_token())
+            fingerprint = idempotency.fingerprint(request.method, request.path, _body_for_fingerprint())
+            previous = idempotency.replay(session, user.id, key, fingerprint)
+            return _replayed(previous) if previous is not None else None
 
     def _run(view, key, args, kwargs):
         with transaction() as session:
@@ -99,10 +109,7 @@ def command(schema: type[Schema], status: int = 200) -> Callable[[Callable[..., 
             if key is not None:
                 previous = idempotency.replay(session, user.id, key, fingerprint)
                 if previous is not None:
-                    response = jsonify(previous.response)
-                    response.status_code = previous.status_code
-                    response.headers["Idempotent-Replay"] = "true"
-                    return response
+                    return _replayed(previous)
             body = schema().dump(view(*args, session=session, user=user, actor=request_actor(user), **kwargs))
             if key is not None:
                 idempotency.remember(session, user.id, key, fingerprint, status, body)
@@ -121,6 +128,13 @@ def idempotency_key() -> str | None:
         reason = f"must be 1 to {MAX_KEY_LENGTH} printable ASCII characters"
         raise InvalidInput(f"Idempotency-Key {reason}", {"fields": {"Idempotency-Key": [reason]}})
     return key
+
+
+def _replayed(previous) -> Any:
+    response = jsonify(previous.response)
+    response.status_code = previous.status_code
+    response.headers["Idempotent-Replay"] = "true"
+    return response
 
 
 def _body_for_fingerprint() -> Any:

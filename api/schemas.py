@@ -73,8 +73,17 @@ class DeployedSchema(Schema):
     created = fields.Boolean(metadata={"description": "false when identical content was already deployed"})
 
 
+class DeployWarningSchema(Schema):
+    file = fields.String(metadata={"description": "the uploaded file the warning is about"})
+    message = fields.String(metadata={"description": "what was not deployed and why, e.g. \"decision "
+                                                     "'x' is not used by any process; not deployed\""})
+
+
 class DeployResultSchema(Schema):
     deployed = fields.List(fields.Nested(DeployedSchema))
+    warnings = fields.List(fields.Nested(DeployWarningSchema), metadata={
+        "description": "files or parts of files that were accepted but not deployed: decisions and forms no "
+                       "process uses, processes that are not executable; empty when everything was deployed"})
 
 
 # -- instances and tasks ----------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from engine.budget_cli import budget
 from engine.db import transaction
 from engine.errors import FinflowError
 from engine.history import Actor
@@ -68,7 +69,11 @@ def load_demo() -> None:
 @main.command()
 @click.argument("paths", nargs=-1, type=click.Path(exists=True, path_type=Path))
 def deploy(paths: tuple[Path, ...]) -> None:
-    """Deploy BPMN/DMN/form files or directories (default: the shipped processes/)."""
+    """Deploy BPMN/DMN/form files or directories (default: the shipped processes/).
+
+    Prints one line per process version, then a `warning:` line (on stderr) for each file or part of a
+    file that was not deployed, e.g. a decision no process uses.
+    """
     from engine.services.deployments import deploy as deploy_files
 
     files: dict[str, str] = {}
@@ -76,13 +81,16 @@ def deploy(paths: tuple[Path, ...]) -> None:
         candidates = sorted(path.rglob("*")) if path.is_dir() else [path]
         for file in candidates:
             if file.is_file() and file.suffix in (".bpmn", ".dmn", ".json"):
-                files[file.name] = file.read_text(encoding="utf-8")
+                files[str(file)] = file.read_text(encoding="utf-8")  # two files named alike are refused
     if not files:
         raise click.BadParameter("no .bpmn, .dmn or .json files found", param_hint="PATHS")
     with transaction() as session:
-        for result in deploy_files(session, files, CLI_ACTOR):
-            state = "deployed" if result.created else "unchanged"
-            click.echo(f"{result.version.process_key} v{result.version.version} {state}")
+        results = deploy_files(session, files, CLI_ACTOR)
+    for result in results:
+        state = "deployed" if result.created else "unchanged"
+        click.echo(f"{result.version.process_key} v{result.version.version} {state}")
+    for warning in results.warnings:
+        click.echo(f"warning: {warning.file}: {warning.message}", err=True)
 
 
 @main.command("create-user")
@@ -281,5 +289,6 @@ def _adapter_commands() -> list[click.Command]:
     return adapters.cli_commands()
 
 
+main.add_command(budget)
 for _command in _adapter_commands():
     main.add_command(_command)

@@ -9,13 +9,17 @@ registered with `after_commit`: it runs after a successful commit and never afte
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from functools import lru_cache
+from datetime import date, datetime
+from decimal import Decimal
+from functools import lru_cache, partial
 from pathlib import Path
+from typing import Any
 
-import simplejson
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
@@ -30,6 +34,35 @@ class Base(DeclarativeBase):
     pass
 
 
+def _json_default(value: Any) -> Any:
+    """JSON columns hold amounts as exact strings ("8000.00"), never as floats."""
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def jsonable(value: Any) -> Any:
+    """`value` as plain JSON data: amounts and dates as strings, and a non-finite float (which a script
+    may compute) as its name, so no reader ever gets invalid JSON."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if value is None or isinstance(value, str | int | float):
+        return value
+    if isinstance(value, Decimal | datetime | date):
+        return _json_default(value)
+    return str(value)
+
+
+# allow_nan=False: a NaN or Infinity would be invalid JSON for every reader (and PostgreSQL refuses it).
+json_dumps = partial(json.dumps, default=_json_default, ensure_ascii=False, allow_nan=False)
+
+
 @lru_cache(maxsize=8)
 def get_engine(url: str | None = None) -> Engine:
     url = url or Settings.from_env().database_url
@@ -38,17 +71,12 @@ def get_engine(url: str | None = None) -> Engine:
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, json_serializer=json_dumps)
 
 
-def json_dumps(value: object) -> str:
-    """JSON columns: a Decimal (the API reads non-integer numbers as Decimal) is written as the exact JSON
-    number, not refused; readers still get floats, as before."""
-    return simplejson.dumps(value, use_decimal=True, namedtuple_as_object=False)
-
-
 def _sqlite_engine(url: str) -> Engine:
     path = url.removeprefix("sqlite:///")
     if path and path != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, json_serializer=json_dumps)
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
+                           json_serializer=json_dumps)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection, _record):

@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Date,
     DateTime,
@@ -28,6 +29,7 @@ from sqlalchemy.types import TypeDecorator
 
 from engine import clock
 from engine.db import Base
+from engine.finance.money import CENT, to_money
 
 
 class UtcDateTime(TypeDecorator):
@@ -45,6 +47,32 @@ class UtcDateTime(TypeDecorator):
         if value is not None and value.tzinfo is None:
             return value.replace(tzinfo=UTC)
         return value
+
+
+class Money(TypeDecorator):
+    """An exact amount, NUMERIC(18, 2). SQLite has no exact decimal type (it stores NUMERIC as a float
+    when the digits do not fit an integer), so there the column holds whole cents as an integer."""
+
+    impl = Numeric(18, 2)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect):
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(BigInteger())
+        return dialect.type_descriptor(Numeric(18, 2, asdecimal=True))
+
+    def process_bind_param(self, value, dialect):
+        if value is None:
+            return None
+        amount = to_money(value)
+        return int(amount * 100) if dialect.name == "sqlite" else amount
+
+    def process_result_value(self, value, dialect):
+        if value is None:
+            return None
+        if dialect.name == "sqlite":
+            return (Decimal(int(value)) / 100).quantize(CENT)
+        return Decimal(value).quantize(CENT)
 
 
 class Role(Base):
@@ -148,7 +176,7 @@ class Instance(Base):
     status: Mapped[str] = mapped_column(String(16))  # running | completed | withdrawn | cancelled | failed
     outcome: Mapped[str | None] = mapped_column(String(16))  # approved | rejected
     title: Mapped[str | None] = mapped_column(String(255))
-    amount: Mapped[Decimal | None] = mapped_column(Numeric(18, 2))
+    amount: Mapped[Decimal | None] = mapped_column(Money)
     data: Mapped[dict[str, Any]] = mapped_column(JSON)
     state: Mapped[str] = mapped_column(Text)
     lock_version: Mapped[int] = mapped_column(Integer, default=1)
@@ -276,15 +304,59 @@ class IdempotencyRecord(Base):
 
 
 class Budget(Base):
+    """A budget line. `used` and `reserved` are running totals of its ledger (BudgetEntry), kept on the
+    row so the check-and-reserve reads and locks one row; `finflow budget check` proves they agree."""
+
     __tablename__ = "budgets"
     line: Mapped[str] = mapped_column(String(64), primary_key=True)
     name: Mapped[str] = mapped_column(String(128))
     department_id: Mapped[str] = mapped_column(ForeignKey("departments.id"))
+    cost_center: Mapped[str | None] = mapped_column(String(64))
     year: Mapped[int] = mapped_column(Integer)
-    amount: Mapped[Decimal] = mapped_column(Numeric(18, 2))
-    used: Mapped[Decimal] = mapped_column(Numeric(18, 2))
+    amount: Mapped[Decimal] = mapped_column(Money)
+    used: Mapped[Decimal] = mapped_column(Money)
+    reserved: Mapped[Decimal] = mapped_column(Money, default=Decimal("0.00"))
     expense_account: Mapped[str] = mapped_column(String(16))
     expense_account_name: Mapped[str] = mapped_column(String(64))
+
+    @property
+    def available(self) -> Decimal:
+        return self.amount - self.used - self.reserved
+
+
+class BudgetEntry(Base):
+    """One change of a budget line (预算台账), append-only: who, which instance, how much, why.
+
+    The deltas say what the change did to the line's totals; summed per line they are the totals.
+    kinds: opening (the line's starting figures), adjust (the budget amount changed), reserve (占用),
+    release (释放), consume (核销: a reservation becomes spending).
+    """
+
+    __tablename__ = "budget_entries"
+    __table_args__ = (Index("ix_budget_entries_line_id", "line", "id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    line: Mapped[str] = mapped_column(ForeignKey("budgets.line"))
+    kind: Mapped[str] = mapped_column(String(16))
+    instance_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    amount_delta: Mapped[Decimal] = mapped_column(Money, default=Decimal("0.00"))
+    used_delta: Mapped[Decimal] = mapped_column(Money, default=Decimal("0.00"))
+    reserved_delta: Mapped[Decimal] = mapped_column(Money, default=Decimal("0.00"))
+    available_after: Mapped[Decimal] = mapped_column(Money)
+    actor_id: Mapped[str | None] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class InvoiceClaim(Base):
+    """An invoice backing a claim. The primary key is the invoice itself, so two running or approved
+    claims can never hold one invoice, whatever races: the database refuses the second insert."""
+
+    __tablename__ = "invoice_claims"
+    invoice_key: Mapped[str] = mapped_column(String(64), primary_key=True)  # code:number or 全电 number
+    instance_id: Mapped[str] = mapped_column(ForeignKey("instances.id"), index=True)
+    amount: Mapped[Decimal] = mapped_column(Money)
+    invoice_date: Mapped[date] = mapped_column(Date)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
 class Voucher(Base):
@@ -296,5 +368,5 @@ class Voucher(Base):
     voucher_date: Mapped[date] = mapped_column(Date)
     summary: Mapped[str] = mapped_column(String(255))
     lines: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
-    total: Mapped[Decimal] = mapped_column(Numeric(18, 2))
+    total: Mapped[Decimal] = mapped_column(Money)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
+import random
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import select
 
 from engine.db import transaction
+from engine.finance.invoices import today as china_today
 from engine.history import Actor
 from engine.models import Budget, HistoryEvent, Instance, Task, Voucher
 from engine.services.instances import start_instance
@@ -14,9 +18,18 @@ from engine.services.queries import current_tasks
 from engine.services.tasks import complete_task
 
 
-def claim(category: str = "办公", amount: float = 1200, reason: str = "采购办公用品") -> dict[str, Any]:
-    return {"category": category, "amount": amount, "reason": reason,
-            "invoices": [{"number": "044031900111", "amount": amount, "date": "2026-11-02"}]}
+def invoice(amount: Any, number: str | None = None, days_ago: int = 3, code: str | None = None) -> dict[str, Any]:
+    """An invoice line dated a few days ago, with a number no other test claim uses unless given."""
+    line = {"number": number or f"{next(_INVOICE_NUMBERS):020d}", "amount": amount,
+            "date": (china_today() - timedelta(days=days_ago)).isoformat()}
+    return {**line, "code": code} if code else line
+
+
+def claim(category: str = "办公", amount: Any = 1200, reason: str = "采购办公用品") -> dict[str, Any]:
+    return {"category": category, "amount": amount, "reason": reason, "invoices": [invoice(amount)]}
+
+
+_INVOICE_NUMBERS = itertools.count(random.randrange(10**12, 10**13) * 10**6)
 
 
 def payment(amount: float = 30000, budget_line: str = "MKT-ADS-2026") -> dict[str, Any]:
@@ -50,7 +63,7 @@ def ready_nodes(instance_id: str) -> list[str]:
 
 def act(instance_id: str, node_id: str, action: str = "approve", user: str | None = None,
         form: dict[str, Any] | None = None, comment: str = "ok") -> Task:
-    task = next(t for t in ready(instance_id) if t.node_id == node_id)
+    task = next(t for t in ready(instance_id) if t.node_id == node_id and (user is None or user in t.candidates))
     with transaction() as session:
         done, _ = complete_task(session, Actor(user or task.candidates[0]), task.id, action, comment, form or {})
     return done

@@ -24,7 +24,7 @@ def test_walkthrough_start_list_complete_history(as_user):
     mine = manager.get("/api/v1/tasks?mine=true").json
     assert [t["id"] for t in mine["items"]] == [task["id"]] and mine["meta"]["total"] == 1
     detail = manager.get(f"/api/v1/tasks/{task['id']}").json
-    assert detail["form"]["type"] == "object" and detail["instance"]["data"]["amount"] == 1200
+    assert detail["form"]["type"] == "object" and detail["instance"]["data"]["amount"] == "1200.00"
 
     done = manager.post(f"/api/v1/tasks/{task['id']}/complete",
                         json={"action": "approve", "comment": "同意报销", "form_data": {"opinion": "金额合理"}},
@@ -202,8 +202,9 @@ def test_invalid_completion_is_422_and_task_stays_open(as_user, body, field):
 def test_idempotent_retry_returns_first_result_and_changes_nothing(as_user):
     applicant = as_user("suxiaoyun")
     headers = {"Idempotency-Key": "start-123"}
-    first = applicant.post(START, json={"process_key": "reimbursement", "data": claim()}, headers=headers)
-    second = applicant.post(START, json={"process_key": "reimbursement", "data": claim()}, headers=headers)
+    body = {"process_key": "reimbursement", "data": claim()}
+    first = applicant.post(START, json=body, headers=headers)
+    second = applicant.post(START, json=body, headers=headers)
     assert first.status_code == second.status_code == 201
     assert first.json == second.json and second.headers["Idempotent-Replay"] == "true"
     assert applicant.get("/api/v1/instances").json["meta"]["total"] == 1

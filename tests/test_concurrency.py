@@ -3,7 +3,7 @@ instance both complete, with no lost update."""
 
 import threading
 
-from tests.helpers import contract, events, ready, ready_nodes, start
+from tests.helpers import contract, events, invoice, ready, ready_nodes, start
 
 
 def complete_concurrently(app, tokens_and_tasks):
@@ -32,7 +32,7 @@ def token_for(as_user, user):
 def test_same_task_from_two_threads_one_wins(app, as_user):
     for _ in range(3):
         iid = start("reimbursement", "suxiaoyun", {"category": "办公", "amount": 10, "reason": "纸",
-                                                    "invoices": [{"number": "1", "amount": 10, "date": "2026-11-01"}]})
+                                                    "invoices": [invoice(10)]})
         act_on = ready(iid)[0]
         act_on_finance = None
         results = complete_concurrently(app, [(token_for(as_user, "guoxin"), act_on.id)] * 2)
@@ -50,7 +50,7 @@ def test_parallel_tasks_of_one_instance_both_complete(app, as_user):
         results = complete_concurrently(app, [(token_for(as_user, "chenjing"), tasks["legal_review"].id),
                                               (token_for(as_user, "yangxue"), tasks["finance_review"].id)])
         assert [code for code, _ in results] == [200, 200], results
-        assert ready_nodes(iid) == ["countersign"] * 3  # both decisions reached the join
+        assert ready_nodes(iid) == ["countersign"] * 2  # both reached the join; no self-signing
         completed = [e.node_id for e in events(iid) if e.type == "task.completed"]
         assert sorted(completed) == ["finance_review", "legal_review"]
 
@@ -58,7 +58,7 @@ def test_parallel_tasks_of_one_instance_both_complete(app, as_user):
 def test_same_idempotency_key_from_two_threads_starts_one_instance(app, as_user):
     token = token_for(as_user, "suxiaoyun")
     body = {"process_key": "reimbursement", "data": {"category": "办公", "amount": 10, "reason": "纸",
-                                                     "invoices": [{"number": "1", "amount": 10, "date": "2026-11-01"}]}}
+                                                     "invoices": [invoice(10)]}}
     barrier = threading.Barrier(2)
     results = []
 

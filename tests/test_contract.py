@@ -3,7 +3,8 @@
 from tests.helpers import act, completed_user_nodes, contract, events, instance, ready, ready_nodes, start
 
 STARTER = "zhaoqiang"
-REVIEWERS = ["lihua", "qianfang", "zhaoqiang"]  # group contract_reviewers
+GROUP = ["lihua", "qianfang", "zhaoqiang"]  # group contract_reviewers
+REVIEWERS = ["lihua", "qianfang"]  # the applicant never countersigns their own contract
 
 
 def test_legal_and_finance_review_run_in_parallel():
@@ -12,7 +13,20 @@ def test_legal_and_finance_review_run_in_parallel():
     act(iid, "finance_review")  # finance first: order does not matter
     assert ready_nodes(iid) == ["legal_review"]
     act(iid, "legal_review")
-    assert ready_nodes(iid) == ["countersign"] * 3
+    assert ready_nodes(iid) == ["countersign"] * 2
+
+
+def test_the_applicant_in_the_reviewer_group_does_not_countersign_their_own_contract():
+    iid = start("contract", STARTER, contract())
+    act(iid, "legal_review")
+    act(iid, "finance_review")
+    assert sorted(c for t in ready(iid) for c in t.candidates) == REVIEWERS
+    [excluded] = [e for e in events(iid) if e.type == "task.candidates_excluded"]
+    assert excluded.node_id == "countersign" and excluded.payload["users"] == [STARTER]
+    assert "申请人" in excluded.payload["reasons"][STARTER]
+    for reviewer in REVIEWERS:
+        act(iid, "countersign", user=reviewer)
+    assert ready_nodes(iid) == ["gm_signoff"]
 
 
 def test_countersign_all_approve_then_gm_seal_archive():
@@ -37,7 +51,6 @@ def test_one_countersign_rejection_rejects_and_cancels_the_other_signers():
     iid = start("contract", STARTER, contract())
     act(iid, "legal_review")
     act(iid, "finance_review")
-    act(iid, "countersign", user="lihua")
     act(iid, "countersign", "reject", user="qianfang")
     done = instance(iid)
     assert (done.status, done.outcome) == ("completed", "rejected")

@@ -5,6 +5,7 @@ approval."""
 from __future__ import annotations
 
 import uuid
+from decimal import Decimal
 
 import pytest
 
@@ -68,7 +69,7 @@ def test_every_event_of_the_three_processes_arrives_once_in_order_with_its_attri
     assert event["subject"] == event["data"]["business_key"] and event["subject"]
     assert event["data"]["action"] in ("approve", "reject", "submit") and event["data"]["node_name"]
     assert event["data"]["actor_id"] and event["data"]["process_version"] == 1
-    assert event["data"]["amount"] > 0
+    assert Decimal(event["data"]["amount"]) > 0 and event["data"]["amount"].count(".") == 1  # exact, as a string
 
     types = {e["type"].removeprefix("com.finflow.") for e in events}
     assert {"dmn.decision", "service.completed", "gateway.decision", "instance.completed", "task.assigned"} <= types

@@ -13,7 +13,8 @@ from engine.runner.state import load_state
 from engine.services.deployments import model_for
 from tests.helpers import events
 
-NODE_EVENTS = {"task.completed", "node.completed", "gateway.decision", "dmn.decision", "service.completed"}
+NODE_EVENTS = {"task.completed", "task.auto_approved", "node.completed", "gateway.decision", "dmn.decision",
+               "service.completed"}
 
 
 def engine_path(instance_id: str) -> list[str]:

@@ -22,7 +22,7 @@ def deploy_reimbursement(node: str, **properties: str) -> None:
     text = files["reimbursement.bpmn"]
     head, tail = text.split(anchor, 1)
     extra = "".join(f'<spiffworkflow:property name="finflow.{k}" value="{v}" />' for k, v in properties.items())
-    tail = tail.replace("<spiffworkflow:properties>", "<spiffworkflow:properties>" + extra, 1)
+    tail = tail.replace("</spiffworkflow:properties>", extra + "</spiffworkflow:properties>", 1)  # later wins
     files["reimbursement.bpmn"] = head + anchor + tail
     with transaction() as session:
         assert deploy(session, files, Actor(None, "cli"))[0].created
@@ -244,7 +244,7 @@ def test_return_to_applicant_who_resubmits(api):
     assert nodes(iid) == ["manager_approval"]
     api.complete(iid, "manager_approval", "guoxin")
     api.complete(iid, "finance_review", "yangxue")
-    assert instance(iid).data["amount"] == 1100
+    assert instance(iid).data["amount"] == "1100.00"
 
 
 # -- 撤回 -----------------------------------------------------------------------------------------------
@@ -325,6 +325,7 @@ def test_empty_approver_hands_to_a_role(api):
 
 
 def test_empty_approver_fails_by_default(api):
+    deploy_reimbursement("director_approval", on_empty="fail")  # the shipped node hands it to the manager
     deactivate("huangmin")
     iid = api.start(claim("差旅", 8000))
     api.complete(iid, "manager_approval", "guoxin")

@@ -70,8 +70,8 @@ def test_failing_handler_backs_off_then_dies_and_an_admin_retries_it(redis_url, 
         assert current.status == "pending" and current.attempts == attempt
         assert current.last_error.startswith("ConnectionError: 短信网关拒绝连接")
         ceiling = 10 * 2 ** (attempt - 1)  # exponential: 10 s, 20 s, 40 s, each with jitter down to half
-        assert timedelta(seconds=ceiling / 2) <= current.next_attempt_at - after
-        assert current.next_attempt_at - before <= timedelta(seconds=ceiling)
+        assert timedelta(seconds=ceiling / 2) <= current.next_attempt_at - before  # failed at or after `before`
+        assert current.next_attempt_at - after <= timedelta(seconds=ceiling)  # and at or before `after`
         assert scheduled.count == attempt  # the retry waits on rq's scheduler ...
         # ... and, were it lost, the sweeper sends it once overdue: no sleeping, the sweep is told the time
         assert sweep(now=current.next_attempt_at + lease + timedelta(seconds=1)) == 1

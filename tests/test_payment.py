@@ -38,20 +38,21 @@ def test_gm_approval_only_above_200000():
 
 
 def test_over_budget_is_rejected_with_a_reason_before_any_approval():
-    iid = start("payment", STARTER, payment(10000, "HR-TRAINING-2026"))
+    iid = start("payment", STARTER, payment(30000, "MKT-TRAVEL-2026"))  # 22,000 left
     done = instance(iid)
     assert (done.status, done.outcome) == ("completed", "rejected")
     assert ready(iid) == []
     check = next(e for e in events(iid) if e.type == "service.completed")
     assert check.payload["operator"] == "budget_check"
     assert check.payload["result"]["approved"] is False and "超出预算" in check.payload["result"]["reason"]
-    assert budget("HR-TRAINING-2026").used == Decimal("19000.00")  # nothing consumed
+    line = budget("MKT-TRAVEL-2026")
+    assert (line.used, line.reserved) == (Decimal("78000.00"), Decimal("0.00"))  # nothing consumed or held
 
 
 def test_budget_usage_at_85_percent_raises_a_warning_event_and_continues():
     iid = start("payment", STARTER, payment(10000, "MKT-TRAVEL-2026"))  # 78,000 + 10,000 of 100,000
     warning = [e for e in events(iid) if e.type == "budget.warning"]
-    assert len(warning) == 1 and warning[0].payload["usage_ratio"] == 0.88
+    assert len(warning) == 1 and warning[0].payload["usage_ratio"] == "0.8800"
     assert [t.node_id for t in ready(iid)] == ["dept_head_approval"]
 
 

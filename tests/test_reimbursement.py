@@ -1,8 +1,10 @@
 """费用报销: routing by amount and category (DMN), rejection back to the applicant, resubmission."""
 
+from decimal import Decimal
+
 import pytest
 
-from tests.helpers import act, claim, completed_user_nodes, events, instance, ready, ready_nodes, start
+from tests.helpers import act, claim, completed_user_nodes, events, instance, invoice, ready, ready_nodes, start
 
 STARTER = "suxiaoyun"  # 市场部品牌专员: manager guoxin (team lead), department head huangmin
 
@@ -45,7 +47,7 @@ def test_dmn_decision_is_recorded_with_inputs_and_matched_rule():
     act(iid, "manager_approval")
     decision = next(e for e in events(iid) if e.type == "dmn.decision")
     assert decision.node_id == "reimbursement_routing"
-    assert 3000 in decision.payload["inputs"].values() and "招待" in decision.payload["inputs"].values()
+    assert "3000.00" in decision.payload["inputs"].values() and "招待" in decision.payload["inputs"].values()
     assert decision.payload["outputs"] == {"need_director": True, "need_cfo": False}
     assert len(decision.payload["matched_rules"]) == 1
 
@@ -58,18 +60,19 @@ def test_reject_returns_to_applicant_who_revises_and_resubmits(rejecting_node):
     act(iid, rejecting_node, "reject", comment="发票抬头错误")
     [revise] = ready(iid)
     assert (revise.node_id, revise.candidates, revise.actions) == ("applicant_revise", [STARTER], ["submit"])
-    act(iid, "applicant_revise", "submit", form={"amount": 760, "reason": "打车费（已更正发票）"})
+    act(iid, "applicant_revise", "submit", form={"amount": 760, "reason": "打车费（已更正发票）",
+                                                       "invoices": [invoice(760)]})
     assert ready_nodes(iid) == ["manager_approval"]  # resubmission starts the approvals again
     run_to_end(iid)
     done = instance(iid)
     assert (done.status, done.outcome) == ("completed", "approved")
-    assert done.data["amount"] == 760
+    assert done.data["amount"] == "760.00" and done.amount == Decimal("760.00")
 
 
 def test_revised_amount_is_routed_again():
     iid = start("reimbursement", STARTER, claim("办公", 3000))
     act(iid, "manager_approval", "reject")
-    act(iid, "applicant_revise", "submit", form={"amount": 9000})
+    act(iid, "applicant_revise", "submit", form={"amount": 9000, "invoices": [invoice(9000)]})
     act(iid, "manager_approval")
     assert ready_nodes(iid) == ["director_approval"]  # 9,000 > 5,000 now needs the director
 

@@ -21,8 +21,11 @@ EVENT_TYPES: dict[str, str] = {
     "instance.cancelled": "an administrator cancelled the instance",
     "instance.failed": "the instance stopped on an error (bad data, a failing service task)",
     "instance.cc": "people were copied on the instance (抄送)",
+    "instance.summary_changed": "the title or amount changed (a revised request); `old` and `new` of each",
     "task.created": "an approval task was opened",
     "task.assigned": "a task got its candidates",
+    "task.candidates_excluded": "people the assignment named who may not approve this request (the applicant, "
+                                "an earlier approver of a distinct node), with the reason",
     "task.activated": "a waiting task's turn came (依次审批, 加签)",
     "task.completed": "someone acted on a task; `action` is approve / reject / submit",
     "task.cancelled": "a task closed without a decision (rejected elsewhere, returned, withdrawn)",
@@ -40,7 +43,9 @@ EVENT_TYPES: dict[str, str] = {
     "gateway.decision": "a gateway chose its path",
     "dmn.decision": "a DMN decision table was evaluated",
     "service.completed": "a service task returned its result (budget check, voucher)",
-    "budget.warning": "a budget line passed its warning ratio",
+    "budget.warning": "a budget line passed its warning ratio (reservations included)",
+    "budget.consumed": "an approved request spent what it had reserved on a budget line",
+    "budget.released": "a request that ended without approval gave back what it had reserved",
 }
 _PATTERN = re.compile(r"^[a-z_*]+(\.[a-z_*]+)*$")
 

@@ -23,11 +23,16 @@ MAX_FILES = 50
               422: "Validation failed; details name file, element and reason"})
 @command(DeployResultSchema, status=201)
 def deploy(session, user, actor):
-    """Deploy BPMN, DMN and form files (multipart field `files`); same content is the same version."""
+    """Deploy BPMN, DMN and form files (multipart field `files`); same content is the same version.
+
+    Every executable process becomes a version holding the files it needs (the BPMN files of the processes
+    it calls, their decisions and forms). What was uploaded but not deployed is listed in `warnings`.
+    """
     results = deployments.deploy(session, _uploaded_files(), actor)
     return {"deployed": [
         {"process_key": r.version.process_key, "version": r.version.version, "version_id": r.version.id,
-         "created": r.created} for r in results]}
+         "created": r.created} for r in results],
+        "warnings": [{"file": w.file, "message": w.message} for w in results.warnings]}
 
 
 def _uploaded_files() -> dict[str, str]:

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 class OperatorContext:
     session: Session
     instance_id: str
+    starter_id: str
     record: Callable[[str, dict[str, Any]], None]  # append a history event to the running command
 
 

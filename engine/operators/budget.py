@@ -1,7 +1,8 @@
-"""Budget check (预算校验) for payment requests.
+"""Budget check (预算校验) for payment requests and reimbursements charged to a budget line.
 
-The check does not consume budget: money is committed when the payment is executed and the voucher is
-generated. The warning threshold is configuration (FINFLOW_BUDGET_WARNING_RATIO), not process logic.
+Passing the check reserves the amount on the line (engine/finance/budgets.py); the voucher, or the
+approved end of the instance, consumes it; a rejection, withdrawal or cancellation releases it. The
+warning threshold counts reservations and is configuration (FINFLOW_BUDGET_WARNING_RATIO), not process logic.
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ import os
 from decimal import Decimal
 from typing import Any
 
-from engine.models import Budget
+from engine.finance import budgets
+from engine.finance.money import fmt, to_money
+from engine.models import User
 from engine.operators import OperatorContext, operator
 
 
@@ -19,26 +22,36 @@ def warning_ratio() -> Decimal:
 
 
 @operator("budget_check")
-def budget_check(ctx: OperatorContext, budget_line: str, amount: Any) -> dict[str, Any]:
-    budget = ctx.session.get(Budget, budget_line)
-    if budget is None:
-        return {"approved": False, "reason": f"预算科目 {budget_line} 不存在", "usage_ratio": None,
-                "warning": False}
-    requested = Decimal(str(amount))
-    after = budget.used + requested
-    ratio = (after / budget.amount) if budget.amount else Decimal("Infinity")
-    approved = after <= budget.amount
-    result = {
-        "approved": approved,
+def budget_check(ctx: OperatorContext, budget_line: str | None, amount: Any) -> dict[str, Any]:
+    requested = to_money(amount)
+    if not budget_line:  # a reimbursement charged to no line: nothing to check, nothing held
+        budgets.release_except(ctx.session, ctx.instance_id, None, ctx.starter_id, "未填写预算科目，释放原占用")
+        return {"approved": True, "budget_line": None, "usage_ratio": None, "warning": False, "reason": ""}
+    try:
+        budget = budgets.lock_line(ctx.session, budget_line)
+    except budgets.BudgetLineUnknown as exc:
+        return {"approved": False, "reason": str(exc), "usage_ratio": None, "warning": False}
+    starter = ctx.session.get(User, ctx.starter_id)
+    if starter is None or not budgets.may_charge(ctx.session, starter, budget):
+        budgets.settle(ctx.session, ctx.instance_id, False, None, "无权使用该预算科目，释放原占用")
+        return {"approved": False, "budget_line": budget.line, "usage_ratio": None, "warning": False,
+                "reason": f"申请人所在部门不能使用预算科目 {budget.line}（{budget.name}）"}
+    result = budgets.reserve(ctx.session, ctx.instance_id, budget_line, requested, ctx.starter_id)
+    ratio = result.usage_ratio
+    warning = result.approved and ratio is not None and ratio >= warning_ratio()
+    view = {
+        "approved": result.approved,
         "budget_line": budget.line,
         "budget_name": budget.name,
-        "available": str(budget.amount - budget.used),
-        "usage_ratio": round(float(ratio), 4),
-        "warning": approved and ratio >= warning_ratio(),
-        "reason": "" if approved else
-        f"超出预算：{budget.name} 可用 {budget.amount - budget.used:.2f} 元，申请 {requested:.2f} 元",
+        "requested": str(requested),
+        "reserved": str(result.reserved),
+        "available": str(budget.available),
+        "usage_ratio": str(round(ratio, 4)) if ratio is not None else None,
+        "warning": warning,
+        "reason": result.reason,
     }
-    if result["warning"]:
-        ctx.record("budget.warning", {"budget_line": budget.line, "usage_ratio": result["usage_ratio"],
-                                      "threshold": float(warning_ratio())})
-    return result
+    if warning:
+        message = f"{budget.name} 已使用（含占用）{ratio:.1%}，可用 {fmt(budget.available)} 元"
+        ctx.record("budget.warning", {"budget_line": budget.line, "usage_ratio": view["usage_ratio"],
+                                      "threshold": str(warning_ratio()), "message": message})
+    return view

@@ -11,6 +11,8 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from engine.errors import InvalidInput
+from engine.finance import budgets
+from engine.finance.money import to_money
 from engine.models import Budget, Department, Group, GroupMember, Role, User, UserRole
 
 ROLES = {
@@ -60,13 +62,29 @@ def load_org(session: Session, org: dict[str, Any]) -> dict[str, int]:
         session.execute(delete(GroupMember).where(GroupMember.group_id == g["id"]))
         session.add_all(GroupMember(group_id=g["id"], user_id=m) for m in g["members"])
     for b in org.get("budgets", []):
-        session.merge(Budget(line=b["line"], name=b["name"], department_id=b["department"], year=b["year"],
-                             amount=Decimal(str(b["amount"])), used=Decimal(str(b["used"])),
-                             expense_account=b["expense_account"],
-                             expense_account_name=b["expense_account_name"]))
+        _load_budget(session, b)
     session.flush()
     return {"departments": len(org["departments"]), "users": len(org["users"]),
             "groups": len(org.get("groups", [])), "budgets": len(org.get("budgets", []))}
+
+
+def _load_budget(session: Session, line: dict[str, Any]) -> None:
+    """A new line starts its ledger with its opening figures; loading the org again changes a line's
+    descriptive fields and, through an `adjust` entry, its amount — never what was used or reserved."""
+    budget = session.get(Budget, line["line"], with_for_update=True)
+    amount = to_money(str(line["amount"]))
+    fields = {"name": line["name"], "department_id": line["department"], "year": line["year"],
+              "cost_center": line.get("cost_center"), "expense_account": line["expense_account"],
+              "expense_account_name": line["expense_account_name"]}
+    if budget is None:
+        budget = Budget(line=line["line"], amount=amount, used=to_money(str(line.get("used", 0))),
+                        reserved=Decimal("0.00"), **fields)
+        session.add(budget)
+        budgets.open_line(session, budget, None)
+        return
+    for name, value in fields.items():
+        setattr(budget, name, value)
+    budgets.adjust(session, budget, amount, None, "组织数据导入：调整预算额度")
 
 
 def load_demo_org(session: Session) -> dict[str, int]:

@@ -80,7 +80,8 @@ def instance_summary(instance: Instance) -> dict[str, Any]:
     """What a handler needs to know about the instance without reading it (as of the event's commit)."""
     return {"id": instance.id, "process_key": instance.process_key, "version_id": instance.version_id,
             "business_key": instance.business_key, "starter_id": instance.starter_id, "status": instance.status,
-            "outcome": instance.outcome, "title": instance.title, "amount": (instance.data or {}).get("amount")}
+            "outcome": instance.outcome, "title": instance.title,
+            "amount": None if instance.amount is None else str(instance.amount)}
 
 
 def _jsonable_event(event: dict[str, Any]) -> dict[str, Any]:

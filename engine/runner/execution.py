@@ -7,7 +7,6 @@ with few statements: one instance update, bulk inserts for tasks, candidates and
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -21,13 +20,17 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from engine import clock, operators, outbox, timers
+from engine.db import jsonable
 from engine.errors import Conflict
+from engine.finance import budgets, settlement
 from engine.history import Actor, HistoryRecorder
 from engine.models import HistoryEvent, Instance, InstanceCc, Task, TaskCandidate, Timer
 from engine.org.assignment import resolve_candidates
+from engine.runner.duties import barred_approvers
 from engine.runner.model import NodeInfo, ProcessModel
 from engine.runner.script_engine import FinflowScriptEngine, RestrictedEnvironment
 from engine.runner.state import dump_state, load_state
+from engine.runner.summary import amount_of, title_of
 
 T = TypeVar("T")
 SCRIPT_ENGINE = FinflowScriptEngine(RestrictedEnvironment(operators.invoke))
@@ -62,6 +65,7 @@ class InstanceRun:
         self._new_candidates: list[dict[str, str]] = []
         self._closed_by_command: set[UUID] = set()
         self._returned_to_applicant: UUID | None = None  # the node reopened behind the applicant's resubmit
+        self._return_holders: dict[str, list[str]] = {}  # node id -> who held it when the task was returned
         self._pending_auto: list[tuple[Any, NodeInfo, str | None, str]] = []
         self._had_timers = bool(self.workflow.event_manager.tasks)
 
@@ -71,8 +75,11 @@ class InstanceRun:
     def start(cls, session: Session, instance: Instance, model: ProcessModel, data: dict[str, Any],
               actor: Actor) -> InstanceRun:
         workflow = BpmnWorkflow(model.spec, model.subprocess_specs, script_engine=SCRIPT_ENGINE)
+        # Every field the start form declares is a variable, null when left out, so a diagram can ask
+        # whether an optional field was filled (budget_line) instead of failing on an unknown name.
+        declared = dict.fromkeys(model.form(model.start_form).get("properties", {})) if model.start_form else {}
         for task in workflow.get_tasks(state=TaskState.READY):
-            task.data.update(data)
+            task.data.update({**declared, **data})
         run = cls(session, instance, model, workflow, actor)
         run.history.record("instance.started", {"process_key": model.key, "version_id": model.version_id,
                                                 "business_key": instance.business_key, "data": data})
@@ -147,6 +154,8 @@ class InstanceRun:
     def return_to(self, row: Task, target: str, reason: str | None) -> None:
         """退回: rewind the workflow to an earlier user task (or to the applicant); later approvals redo."""
         spiff_target = self._first_completed_user_task() if target == "applicant" else self._last_completed(target)
+        node_id = spiff_target.task_spec.bpmn_id
+        self._return_holders[node_id] = self._holders(node_id)
         self._cancel_rows(self._all_open_rows(), "returned")
         self.history.record("task.returned", {"to": target, "reason": reason, "from_node": row.node_id},
                             task_id=row.id, node_id=row.node_id)
@@ -276,6 +285,7 @@ class InstanceRun:
         self._close_vanished_tasks()
         self.instance.status = status
         self.instance.ended_at = utcnow()
+        self._settle(approved=False, reason=f"流程{'撤回' if status == 'withdrawn' else '作废'}，释放预算与发票")
         self.history.record(f"instance.{status}", {"reason": reason})
 
     # -- stepping -----------------------------------------------------------------------------------
@@ -284,7 +294,7 @@ class InstanceRun:
         while True:
             try:
                 with operators.bound(operators.OperatorContext(self.session, self.instance.id,
-                                                               self._record_system)):
+                                                               self.instance.starter_id, self._record_system)):
                     self.workflow.do_engine_steps()
             except SQLAlchemyError:
                 raise
@@ -359,10 +369,39 @@ class InstanceRun:
                               "condition": flow.condition if flow else None, "target": target})
         return taken
 
+    def _holders(self, node_id: str) -> list[str]:
+        """Who decided the node's last activation: the people a return (退回) hands it back to, so a
+        transferee, not the original assignee, gets it again."""
+        rows = self.session.execute(select(Task.activation, Task.assignee_id).where(
+            Task.instance_id == self.instance.id, Task.node_id == node_id, Task.kind == "approval",
+            Task.status == "completed").order_by(Task.completed_at, Task.position)).all()
+        last = rows[-1].activation if rows else None
+        return list(dict.fromkeys(a for activation, a in rows if activation == last and a))
+
+    def _candidates(self, node: NodeInfo, task) -> list[str]:
+        """The node's approvers: its assignment (or, after a return, who held it), less anyone barred
+        from approving this request (segregation of duties), which history records."""
+        held = self._return_holders.pop(node.id, None)
+        if held:
+            candidates = resolve_candidates(self.session, f"users({', '.join(held)})", self.instance.starter_id, {})
+        else:
+            candidates = resolve_candidates(self.session, node.assignment, self.instance.starter_id, task.data)
+        return self._without_barred(node, task, candidates)
+
+    def _without_barred(self, node: NodeInfo, task, candidates: list[str]) -> list[str]:
+        barred = barred_approvers(node, self.instance.starter_id, task.data,
+                                  {n.id: n.name for n in self.model.nodes.values()})
+        excluded = [c for c in candidates if c in barred]
+        if excluded:
+            self.history.record("task.candidates_excluded", {"users": excluded,
+                                                             "reasons": {u: barred[u] for u in excluded}},
+                                node_id=node.id, by_actor=False)
+        return [c for c in candidates if c not in barred]
+
     def _open_user_task(self, task) -> None:
         node = self.model.nodes[task.task_spec.bpmn_id]
         self._ready_user_tasks.add(task.id)
-        candidates = resolve_candidates(self.session, node.assignment, self.instance.starter_id, task.data)
+        candidates = self._candidates(node, task)
         if not candidates:
             candidates = self._when_nobody(node, task)
             if not candidates:
@@ -411,11 +450,13 @@ class InstanceRun:
         if node.on_empty == "skip":
             self._auto_decide(task, node, None, f"{node.assignment} 无可用审批人，按配置跳过")
             return []
-        if node.on_empty.startswith("role:"):
-            role = node.on_empty.removeprefix("role:")
-            users = resolve_candidates(self.session, f"role({role})", self.instance.starter_id, task.data)
+        if node.on_empty.startswith(("role:", "assign:")):
+            kind, _, target = node.on_empty.partition(":")
+            expression = f"role({target})" if kind == "role" else target
+            users = self._without_barred(node, task, resolve_candidates(
+                self.session, expression, self.instance.starter_id, task.data))
             if users:
-                self.history.record("task.escalated", {"reason": "审批人为空", "role": role, "candidates": users},
+                self.history.record("task.escalated", {"reason": "审批人为空", kind: target, "candidates": users},
                                     node_id=node.id, by_actor=False)
                 return users
         message = f"{node.name}（{node.id}）审批人为空：{node.assignment} 没有可用的在职人员"
@@ -475,7 +516,16 @@ class InstanceRun:
         self.instance.status = "completed"
         self.instance.outcome = outcome
         self.instance.ended_at = utcnow()
+        approved = outcome == "approved"
+        self._settle(approved, "审批通过，核销预算占用" if approved else "申请未通过，释放预算与发票")
         self.history.record("instance.completed", {"outcome": outcome}, by_actor=False)
+
+    def _settle(self, approved: bool, reason: str) -> None:
+        held = budgets.held_by(self.session, self.instance.id)
+        settlement.settle(self.session, self.instance.id, approved, self.history.actor.user_id, reason)
+        for line, amount in held.items():
+            self.history.record("budget.consumed" if approved else "budget.released",
+                                {"budget_line": line, "amount": str(amount), "reason": reason}, by_actor=False)
 
     def _fail(self, exc: Exception, node_id: str | None = None) -> None:
         error_task = next(iter(self.workflow.get_tasks(state=TaskState.ERROR)), None)
@@ -493,7 +543,9 @@ class InstanceRun:
         instance = self.instance
         instance.state = dump_state(self.workflow)
         last = self.workflow.last_task
-        instance.data = _jsonable(last.data if last is not None else {})
+        data = last.data if last is not None else {}
+        self._refresh_summary(data)
+        instance.data = _jsonable(data)
         instance.updated_at = utcnow()
         self._sync_timers()
         history = self.history.take_rows()  # numbers the events and advances instance.last_seq
@@ -506,6 +558,21 @@ class InstanceRun:
         if history:
             connection.execute(HistoryEvent.__table__.insert(), history)
             outbox.record(self.session, self.instance, history)
+
+    def _refresh_summary(self, data: dict[str, Any]) -> None:
+        """Lists and detail pages show title and amount from the columns: keep them true to the data
+        (a resubmission may change both) and record the change."""
+        instance = self.instance
+        changes = {}
+        title, amount = title_of(data), amount_of(data)
+        if title != instance.title:
+            changes["title"] = {"old": instance.title, "new": title}
+            instance.title = title
+        if amount != instance.amount:
+            changes["amount"] = {"old": _jsonable(instance.amount), "new": _jsonable(amount)}
+            instance.amount = amount
+        if changes:
+            self.history.record("instance.summary_changed", changes)
 
     def _sync_timers(self) -> None:
         """Record the timers the instance now waits on; drop those it no longer waits on."""
@@ -609,5 +676,4 @@ def _dmn_trace(task) -> dict[str, Any]:
             "outputs": _jsonable(outputs)}
 
 
-def _jsonable(value: Any) -> Any:
-    return json.loads(json.dumps(value, default=str, ensure_ascii=False))
+_jsonable = jsonable

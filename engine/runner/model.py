@@ -1,12 +1,14 @@
 """Turning a deployment's files into runnable process models.
 
 A `ProcessModel` is everything the runner needs to execute one deployed version: the parsed
-SpiffWorkflow specs, the finflow properties of each node and the forms. Parsing costs milliseconds, so
-models are cached per version id; versions are immutable, which makes the cache safe in every process.
+SpiffWorkflow specs, the finflow properties of each node (of the process and of every process it calls)
+and the forms. Parsing costs milliseconds, so models are cached per version id; versions are immutable,
+which makes the cache safe in every process. What a deployment must satisfy is in `engine.runner.checks`.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,21 +17,15 @@ from typing import Any
 import jsonschema
 from lxml import etree
 from SpiffWorkflow.bpmn.parser.BpmnParser import BpmnValidator
-from SpiffWorkflow.bpmn.parser.ValidationException import ValidationException
-from SpiffWorkflow.exceptions import SpiffWorkflowException
+from SpiffWorkflow.dmn.parser.BpmnDmnParser import SCHEMAS as DMN_SCHEMAS
 from SpiffWorkflow.spiff.parser.process import SpiffBpmnParser
 
 from engine.errors import DeploymentInvalid
-from engine.org.assignment import AssignmentError, parse_assignment
-from engine.runner.script_engine import RestrictedCodeError, compile_expression, compile_script
+from engine.runner import checks
+from engine.runner.checks import BPMN_NS, NS
 
-BPMN_NS = "http://www.omg.org/spec/BPMN/20100524/MODEL"
-SPIFF_NS = "http://spiffworkflow.org/bpmn/schema/1.0/core"
-NS = {"bpmn": BPMN_NS, "spiffworkflow": SPIFF_NS}
 DEFAULT_ACTIONS = ("approve", "reject")
 EMPTY_FORM: dict[str, Any] = {"type": "object", "properties": {}, "additionalProperties": False}
-KNOWN_ACTIONS = {"approve", "reject", "submit"}
-MODES = ("any", "all", "sequence")
 
 # Hostile uploads: no entity expansion, no DTD or network fetches, bounded trees.
 _SAFE_XML = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False,
@@ -58,8 +54,26 @@ class NodeInfo:
 
     @property
     def on_empty(self) -> str:
-        """When nobody can be assigned: fail (default), skip, or role:<role> to hand the task to a role."""
+        """When nobody can be assigned: fail (default), skip, role:<role> to hand the task to a role, or
+        assign:<expression> (e.g. assign:manager(starter)) to hand it to whoever that expression names."""
         return self.properties.get("finflow.on_empty", "fail")
+
+    @property
+    def is_approval(self) -> bool:
+        """A node where someone approves (a submit-only step such as 申请人修改 is not)."""
+        return self.kind == "userTask" and "approve" in self.actions
+
+    @property
+    def allow_starter(self) -> bool:
+        """Segregation of duties is the default: the applicant never approves their own request here
+        unless the node says so (finflow.allow_starter=true)."""
+        return self.properties.get("finflow.allow_starter", "false").lower() == "true"
+
+    @property
+    def distinct(self) -> bool:
+        """finflow.distinct=true: whoever approved another node of this request may not approve this one
+        (e.g. 部门负责人 then 财务经理 must be two people); the opposite of finflow.dedupe."""
+        return self.properties.get("finflow.distinct", "false").lower() == "true"
 
     @property
     def dedupe(self) -> bool:
@@ -100,15 +114,24 @@ class ProcessModel:
     start_form: str | None
     flows: dict[tuple[str, str], FlowInfo] = field(default_factory=dict)  # (source, target) -> flow
     version_id: int | None = None
+    bpmn_file: str | None = None  # the file that defines the process (called processes may be in others)
 
     def form(self, key: str | None) -> dict[str, Any]:
         return self.forms.get(key or "", EMPTY_FORM)
+
+
+@dataclass(frozen=True)
+class DeployWarning:
+    """Something in the upload that was not deployed, which the designer should know about."""
+    file: str
+    message: str
 
 
 @dataclass
 class ParsedBundle:
     models: list[ProcessModel]
     files_by_model: dict[str, dict[str, str]]  # process key -> the files that version needs
+    warnings: list[DeployWarning] = field(default_factory=list)
 
 
 def parse_xml(text: str, filename: str):
@@ -120,50 +143,192 @@ def parse_xml(text: str, filename: str):
 
 
 def parse_bundle(files: dict[str, str]) -> ParsedBundle:
-    """Validate and parse BPMN, DMN and form files deployed together; raise `DeploymentInvalid`."""
-    bpmn = {n: parse_xml(t, n) for n, t in files.items() if n.endswith(".bpmn")}
-    dmn = {n: parse_xml(t, n) for n, t in files.items() if n.endswith(".dmn")}
-    forms = {_form_key(n): _load_form(n, t) for n, t in files.items() if n.endswith(".json")}
-    unknown = [n for n in files if not n.endswith((".bpmn", ".dmn", ".json"))]
-    if unknown:
-        raise DeploymentInvalid("Only .bpmn, .dmn and .json (form) files can be deployed",
-                                {"files": unknown})
-    if not bpmn:
-        raise DeploymentInvalid("A deployment needs at least one .bpmn file", {"files": sorted(files)})
+    """Validate and parse BPMN, DMN and form files deployed together; raise `DeploymentInvalid`.
 
-    parser = SpiffBpmnParser(validator=BpmnValidator())
-    with _validation_errors():
-        for name, root in dmn.items():
-            parser.add_dmn_xml(root, filename=name)
-        for name, root in bpmn.items():
-            parser.add_bpmn_xml(root, filename=name)
-
+    Every executable process becomes a model, checked with all of finflow's deploy rules; files that
+    deploy nothing are refused (a .bpmn file without an executable process) or reported as warnings
+    (a decision or form no process uses).
+    """
+    bundle = _Bundle(files)
     models, files_by_model = [], {}
-    for name, root in bpmn.items():
-        for process in root.iterfind("bpmn:process", NS):
-            if process.get("isExecutable", "true") == "false":
-                continue
-            model = _build_model(parser, process, forms, name)
-            models.append(model)
-            files_by_model[model.key] = _files_needed(model, name, files, dmn)
-    return ParsedBundle(models, files_by_model)
+    for key in bundle.executable_keys():
+        model, needed = bundle.model(key)
+        models.append(model)
+        files_by_model[key] = needed
+    return ParsedBundle(models, files_by_model, bundle.warnings(models))
 
 
-def _build_model(parser, process, forms, filename) -> ProcessModel:
-    key = process.get("id")
-    with _validation_errors():
-        spec = parser.get_spec(key)
-        subprocess_specs = parser.get_subprocess_specs(key)
-    nodes = _node_infos(process)
-    start_forms = [n.form_key for n in nodes.values() if n.kind == "startEvent" and n.form_key]
-    model = ProcessModel(key=key, name=process.get("name") or key, spec=spec,
-                         subprocess_specs=subprocess_specs, nodes=nodes,
-                         forms={}, start_form=start_forms[0] if start_forms else None,
-                         flows=_flows(process))
-    _check_nodes(model, forms, filename)
-    model.forms = {k: forms[k] for k in _form_keys(model)}
-    _check_code(process, filename)
-    return model
+def load_model(files: dict[str, str], process_key: str) -> ProcessModel:
+    """The model of one process of a stored version.
+
+    finflow's own deploy rules are not applied again: a version stored before a rule existed must still
+    load, or its running instances could not even be withdrawn or cancelled.
+    """
+    bundle = _Bundle(files, strict=False)
+    if process_key not in bundle.processes:
+        raise DeploymentInvalid(f"process '{process_key}' is not in the version's files",
+                                {"process_key": process_key, "files": sorted(files)})
+    return bundle.model(process_key)[0]
+
+
+@dataclass
+class _Process:
+    """One <bpmn:process> of an uploaded file, with what finflow reads from it."""
+    key: str
+    file: str
+    element: etree._Element
+    executable: bool
+    nodes: dict[str, NodeInfo]
+    flows: dict[tuple[str, str], FlowInfo]
+    calls: list[tuple[str, etree._Element]]  # (called process key, callActivity element)
+    checked: bool = False
+
+
+class _Bundle:
+    """The files of one upload (or of one stored version), read and handed to SpiffWorkflow's parser.
+
+    Reading is eager and per file, so every error names the file it comes from; a process's spec is built
+    only when its model is asked for, so a multi-process file does not need the decisions and forms of
+    processes a version does not run. `strict` applies finflow's deploy rules (an upload); without it the
+    files are only read (a stored version).
+    """
+
+    def __init__(self, files: dict[str, str], strict: bool = True):
+        unknown = [n for n in files if not n.endswith((".bpmn", ".dmn", ".json"))]
+        if unknown:
+            raise DeploymentInvalid("Only .bpmn, .dmn and .json (form) files can be deployed", {"files": unknown})
+        if not any(n.endswith(".bpmn") for n in files):
+            raise DeploymentInvalid("A deployment needs at least one .bpmn file", {"files": sorted(files)})
+        self.files, self.strict = files, strict
+        self.roots = {n: _read(n, functools.partial(parse_xml, t, n))
+                      for n, t in files.items() if n.endswith((".bpmn", ".dmn"))}
+        self.forms = {_form_key(n): _read(n, functools.partial(_load_form, n, t, strict))
+                      for n, t in files.items() if n.endswith(".json")}
+        self.parser = SpiffBpmnParser(validator=BpmnValidator(), dmn_schemas=_dmn_schemas())
+        self.decisions: dict[str, str] = {}  # decision id -> .dmn file
+        self.processes: dict[str, _Process] = {}
+        for name in sorted(n for n in self.roots if n.endswith(".dmn")):
+            self._add_dmn(name)
+        for name in sorted(n for n in self.roots if n.endswith(".bpmn")):
+            self._add_bpmn(name)
+
+    def _add_dmn(self, name: str) -> None:
+        with checks.about_file(name, self.roots[name]):
+            decision = checks.dmn_decision(name, self.roots[name])
+            decision_id = decision.get("id")
+            if decision_id in self.decisions:
+                raise checks.problem(f"decision '{decision_id}' is also defined in {self.decisions[decision_id]}",
+                                     name, decision, decision=decision_id)
+            self.roots[name] = _with_dmn_prefix(self.roots[name])
+            self.parser.add_dmn_xml(self.roots[name], filename=name)
+            self.parser.dmn_parsers[decision_id].parse()  # now, so its errors name this file
+            self.decisions[decision_id] = name
+
+    def _add_bpmn(self, name: str) -> None:
+        root = self.roots[name]
+        with checks.about_file(name, root):
+            for element in root.iterfind("bpmn:process", NS):
+                key = element.get("id")
+                if key in self.processes:
+                    raise checks.problem(f"process '{key}' is also defined in {self.processes[key].file}",
+                                         name, element)
+                self.processes[key] = _Process(
+                    key, name, element, element.get("isExecutable", "true") != "false", _node_infos(element),
+                    _flows(element), [(c.get("calledElement") or "", c) for c in checks.call_sites(element)])
+            checks.check_data_stores(name, root, self.parser.DATA_STORE_CLASSES)
+            self.parser.add_bpmn_xml(root, filename=name)
+
+    def executable_keys(self) -> list[str]:
+        """Executable processes, by file name; a .bpmn file with none of them is refused."""
+        for name, root in self.roots.items():
+            if name.endswith(".bpmn") and not any(p.executable for p in self.processes.values() if p.file == name):
+                raise checks.problem('the file has no executable process (a <bpmn:process> with isExecutable='
+                                     '"true"), so nothing in it would be deployed', name, line=root.sourceline)
+        return [p.key for p in self.processes.values() if p.executable]
+
+    def model(self, key: str) -> tuple[ProcessModel, dict[str, str]]:
+        """The model of one process with every process it calls, and the files its version needs."""
+        calls = {k: p.calls for k, p in self.processes.items()}
+        executable = {k: p.executable for k, p in self.processes.items()}
+        file_of = {k: p.file for k, p in self.processes.items()}
+        parts = [self.processes[k] for k in checks.called_processes(key, calls, executable, file_of, self.strict)]
+        if self.strict:
+            for part in parts:
+                self._check(part)
+        nodes = checks.merge_parts(((p.key, p.file, p.nodes) for p in parts), "element id", self.strict)
+        flows = checks.merge_parts(((p.key, p.file, p.flows) for p in parts), "sequence flow", self.strict)
+        for part in reversed(parts):  # each spec in its own file's context, callees first
+            with checks.about_file(part.file, self.roots[part.file]):
+                self.parser.get_spec(part.key)
+        top = self.processes[key]
+        with checks.about_file(top.file, self.roots[top.file]):
+            spec, subprocess_specs = self.parser.get_spec(key), self.parser.get_subprocess_specs(key)
+        start_forms = [n.form_key for n in top.nodes.values() if n.kind == "startEvent" and n.form_key]
+        model = ProcessModel(key=key, name=top.element.get("name") or key, spec=spec,
+                             subprocess_specs=subprocess_specs, nodes=nodes, forms={},
+                             start_form=start_forms[0] if start_forms else None, flows=flows, bpmn_file=top.file)
+        model.forms = {k: self.forms[k] for k in _form_keys(model) if k in self.forms}
+        return model, self._files_needed(model, parts)
+
+    def _check(self, part: _Process) -> None:
+        if not part.checked:
+            with checks.about_file(part.file, self.roots[part.file]):
+                checks.check_process(part.file, part.element, part.nodes, self.forms, self.decisions)
+            part.checked = True
+
+    def _files_needed(self, model: ProcessModel, parts: list[_Process]) -> dict[str, str]:
+        names = [p.file for p in parts]
+        names += [self.decisions[d] for d in _decisions_used(model) if d in self.decisions]
+        names += [n for n in self.files if n.endswith(".json") and _form_key(n) in model.forms]
+        return {n: self.files[n] for n in dict.fromkeys(names)}
+
+    def warnings(self, models: list[ProcessModel]) -> list[DeployWarning]:
+        """What the upload holds that no deployed version uses: not stored, and said so."""
+        decisions = {d for m in models for d in _decisions_used(m)}
+        forms = {k for m in models for k in m.forms}
+        found = [DeployWarning(f, f"decision '{d}' is not used by any process; not deployed")
+                 for d, f in self.decisions.items() if d not in decisions]
+        found += [DeployWarning(n, f"form '{_form_key(n)}' is not used by any process; not deployed")
+                  for n in self.files if n.endswith(".json") and _form_key(n) not in forms]
+        found += [DeployWarning(p.file, f"process '{p.key}' is not executable (isExecutable=\"false\"); "
+                                        "not deployed") for p in self.processes.values() if not p.executable]
+        return sorted(found, key=lambda w: (w.file, w.message))
+
+
+def _read(name: str, reader: Callable[[], Any]) -> Any:
+    """Read one file; whatever goes wrong (a JSON nested too deep for the decoder, say) names the file."""
+    with checks.about_file(name):
+        return reader()
+
+
+def _with_dmn_prefix(root):
+    """SpiffWorkflow finds DMN elements with the prefix `dmn`, bound from the document's default namespace;
+    a file that binds the DMN namespace to another prefix (`<semantic:definitions>`, as some modelers and the
+    DMN TCK write) is the same DMN, so the root gets that binding too."""
+    namespace = etree.QName(root).namespace
+    if root.nsmap.get(None) == namespace or "dmn" in root.nsmap:
+        return root
+    rebound = etree.Element(root.tag, attrib=dict(root.attrib), nsmap={**root.nsmap, "dmn": namespace})
+    rebound.text = root.text
+    rebound.extend(list(root))
+    rebound.sourceline = root.sourceline
+    return rebound
+
+
+@functools.cache
+def _dmn_schemas() -> dict[str, str]:
+    """The DMN XSDs SpiffWorkflow ships that compile. Its DMN 1.2 schema imports the DMNDI namespace from
+    the DI schema and cannot be compiled, which failed every DMN 1.2 upload with an error about that XSD;
+    SpiffWorkflow runs DMN 1.2 tables all the same, so they are read without XSD validation (finflow's own
+    structure checks in `checks.dmn_decision` still apply)."""
+    usable = {}
+    for namespace, path in DMN_SCHEMAS.items():
+        try:
+            BpmnValidator(path)
+        except etree.LxmlError:
+            continue
+        usable[namespace] = path
+    return usable
 
 
 def _node_infos(process) -> dict[str, NodeInfo]:
@@ -195,60 +360,6 @@ def _flows(process) -> dict[tuple[str, str], FlowInfo]:
     return flows
 
 
-def _check_nodes(model: ProcessModel, forms: dict[str, Any], filename: str) -> None:
-    if model.start_form and model.start_form not in forms:
-        raise _node_error(filename, model.key, f"start form '{model.start_form}' is not in the deployment")
-    for node in model.nodes.values():
-        if node.kind != "userTask":
-            continue
-        if not node.assignment:
-            raise _node_error(filename, node.id, "user task has no finflow.assignee property")
-        try:
-            parse_assignment(node.assignment)
-        except AssignmentError as exc:
-            raise _node_error(filename, node.id, str(exc)) from exc
-        if not node.form_key or node.form_key not in forms:
-            raise _node_error(filename, node.id, f"form '{node.form_key}' is not in the deployment")
-        if node.mode not in MODES:
-            raise _node_error(filename, node.id, f"finflow.mode '{node.mode}' is not one of {', '.join(MODES)}")
-        if not (node.on_empty in ("fail", "skip") or node.on_empty.startswith("role:")):
-            raise _node_error(filename, node.id, f"finflow.on_empty '{node.on_empty}': use fail, skip or role:<role>")
-        if node.cc:
-            try:
-                parse_assignment(node.cc)
-            except AssignmentError as exc:
-                raise _node_error(filename, node.id, f"finflow.cc: {exc}") from exc
-        bad = set(node.actions) - KNOWN_ACTIONS
-        if bad:
-            raise _node_error(filename, node.id, f"unknown actions {sorted(bad)}; use approve, reject, submit")
-
-
-def _check_code(process, filename: str) -> None:
-    """Compile every condition and script now, so a designer learns of a bad one at deploy time."""
-    for flow in process.iterfind(".//bpmn:sequenceFlow", NS):
-        cond = flow.find("bpmn:conditionExpression", NS)
-        if cond is not None and (cond.text or "").strip():
-            _compile_or_fail(compile_expression, cond.text, filename, flow.get("id"))
-    scripts = [*process.iterfind(".//bpmn:scriptTask/bpmn:script", NS),
-               *process.iterfind(".//spiffworkflow:preScript", NS),
-               *process.iterfind(".//spiffworkflow:postScript", NS)]
-    for script in scripts:
-        owner = next((e for e in script.iterancestors() if e.get("id")), None)
-        _compile_or_fail(compile_script, script.text or "", filename, owner.get("id") if owner is not None else "?")
-
-
-def _compile_or_fail(compile_fn, source: str, filename: str, element_id: str) -> None:
-    try:
-        compile_fn(source)
-    except (RestrictedCodeError, SyntaxError) as exc:
-        raise _node_error(filename, element_id, f"expression refused: {exc}") from exc
-
-
-def _node_error(filename: str, element_id: str, reason: str) -> DeploymentInvalid:
-    return DeploymentInvalid(f"{element_id}: {reason}", {"file": filename, "element_id": element_id,
-                                                         "reason": reason})
-
-
 def _form_keys(model: ProcessModel) -> set[str]:
     keys = {n.form_key for n in model.nodes.values() if n.form_key}
     return keys | ({model.start_form} if model.start_form else set())
@@ -258,61 +369,46 @@ def _form_key(filename: str) -> str:
     return filename.rsplit("/", 1)[-1].removesuffix(".json")
 
 
-def _load_form(filename: str, text: str) -> dict[str, Any]:
+def _load_form(filename: str, text: str, strict: bool = True) -> dict[str, Any]:
     try:
         schema = json.loads(text)
     except json.JSONDecodeError as exc:
         raise DeploymentInvalid(f"{filename} is not valid JSON: {exc.msg}",
                                 {"file": filename, "line": exc.lineno}) from exc
+    if not isinstance(schema, dict) or schema.get("type") != "object":
+        raise DeploymentInvalid(f"{filename}: a form schema must be a JSON object with type 'object'",
+                                {"file": filename})
     try:
         jsonschema.Draft202012Validator.check_schema(schema)
     except jsonschema.SchemaError as exc:
         raise DeploymentInvalid(f"{filename} is not a valid JSON Schema: {exc.message}",
                                 {"file": filename, "path": list(exc.path)}) from exc
-    if schema.get("type") != "object":
-        raise DeploymentInvalid(f"{filename}: a form schema must have type 'object'", {"file": filename})
+    if strict:
+        checks.check_form_refs(filename, schema)
     return schema
 
 
-def _files_needed(model: ProcessModel, bpmn_name: str, files: dict[str, str], dmn: dict) -> dict[str, str]:
-    needed = {bpmn_name: files[bpmn_name]}
-    decisions = {n.properties.get("calledDecisionId") for n in model.nodes.values() if n.kind == "businessRuleTask"}
-    for name, root in dmn.items():
-        ids = {d.get("id") for d in root.iter() if isinstance(d.tag, str) and etree.QName(d).localname == "decision"}
-        if ids & decisions:
-            needed[name] = files[name]
-    for key in _form_keys(model):
-        name = next(n for n in files if n.endswith(".json") and _form_key(n) == key)
-        needed[name] = files[name]
-    return needed
-
-
-class _validation_errors:
-    """Turn SpiffWorkflow's parse errors into `DeploymentInvalid` naming file, element and line."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc is None or not isinstance(exc, SpiffWorkflowException | etree.LxmlError):
-            return False
-        details = {"reason": str(exc).split("\n")[0]}
-        if isinstance(exc, ValidationException):
-            details.update(file=exc.file_name or None, element_id=exc.id or None,
-                           line=exc.line_number or None)
-        where = details.get("element_id") or details.get("file") or "deployment"
-        raise DeploymentInvalid(f"{where}: {details['reason']}", details) from exc
+def _decisions_used(model: ProcessModel) -> set[str]:
+    return {n.properties["calledDecisionId"] for n in model.nodes.values()
+            if n.kind == "businessRuleTask" and n.properties.get("calledDecisionId")}
 
 
 _MODELS: dict[tuple[int, str], ProcessModel] = {}
 
 
-def model_for_version(version_id: int, content_hash: str, files: Callable[[], dict[str, str]]) -> ProcessModel:
-    """The runnable model of a deployed version, parsed once per process (versions never change)."""
+def model_for_version(version_id: int, content_hash: str,
+                      source: Callable[[], tuple[str, dict[str, str]]]) -> ProcessModel:
+    """The runnable model of a deployed version, parsed once per process (versions never change).
+
+    `source` returns the version's process key and files; it is called only when the model is not cached.
+    The key picks the process, as a version's files may define several (a multi-process file, called
+    processes).
+    """
     key = (version_id, content_hash)
     model = _MODELS.get(key)
     if model is None:
-        model = parse_bundle(files()).models[0]
+        process_key, files = source()
+        model = load_model(files, process_key)
         model.version_id = version_id
         _MODELS[key] = model
     return model

@@ -45,7 +45,8 @@ class _StateConverter(BpmnWorkflowConverter):
 
 
 _REGISTRY = BpmnWorkflowSerializer.configure(SPIFF_CONFIG)
-_REGISTRY.register(Decimal, lambda d: {"value": str(d)}, lambda v: Decimal(v["value"]))  # exact form numbers
+# Amounts in task data stay exact Decimals across steps (SpiffWorkflow knows only UUID, datetime, timedelta).
+_REGISTRY.register(Decimal, lambda v: {"value": str(v)}, lambda v: Decimal(v["value"]))
 _CONVERTER = _StateConverter(BpmnWorkflow, _REGISTRY)
 _ENCODER = create_encoder(_REGISTRY, None)
 

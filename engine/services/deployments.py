@@ -14,7 +14,7 @@ from engine.errors import DeploymentInvalid, Forbidden, NotFound
 from engine.history import Actor
 from engine.models import ProcessDefinition, ProcessVersion, User
 from engine.runner.execution import utcnow
-from engine.runner.model import ProcessModel, model_for_version, parse_bundle
+from engine.runner.model import DeployWarning, ProcessModel, model_for_version, parse_bundle
 
 DESIGNER_ROLES = {"designer", "admin"}
 
@@ -25,7 +25,15 @@ class Deployed:
     created: bool
 
 
-def deploy(session: Session, files: dict[str, str], actor: Actor) -> list[Deployed]:
+class DeployResult(list[Deployed]):
+    """The versions a deployment stored or found unchanged, with what it did not deploy and why."""
+
+    def __init__(self, deployed: list[Deployed], warnings: list[DeployWarning]):
+        super().__init__(deployed)
+        self.warnings = warnings
+
+
+def deploy(session: Session, files: dict[str, str], actor: Actor) -> DeployResult:
     """Validate the files and store one version per executable process they define."""
     if actor.user_id is not None:
         user = session.get(User, actor.user_id)
@@ -47,14 +55,13 @@ def deploy(session: Session, files: dict[str, str], actor: Actor) -> list[Deploy
             session.add(definition)
         definition.latest_version += 1
         definition.name = model.name
-        bpmn_file = next(n for n in needed if n.endswith(".bpmn"))
         version = ProcessVersion(process_key=model.key, version=definition.latest_version, name=model.name,
-                                 content_hash=digest, bpmn_file=bpmn_file, files=needed,
+                                 content_hash=digest, bpmn_file=model.bpmn_file, files=needed,
                                  deployed_by=actor.user_id, deployed_at=utcnow())
         session.add(version)
         session.flush()
         results.append(Deployed(version, created=True))
-    return results
+    return DeployResult(results, bundle.warnings)
 
 
 def _by_basename(files: dict[str, str]) -> dict[str, str]:
@@ -68,7 +75,7 @@ def _by_basename(files: dict[str, str]) -> dict[str, str]:
     return named
 
 
-def deploy_directory(session: Session, directory: Path, actor: Actor) -> list[Deployed]:
+def deploy_directory(session: Session, directory: Path, actor: Actor) -> DeployResult:
     files = {}
     for path in sorted(directory.rglob("*")):
         if path.suffix in (".bpmn", ".dmn", ".json") and path.is_file():
@@ -114,5 +121,10 @@ def model_for(session: Session, version_id: int, content_hash: str | None = None
     """The runnable model of a version; pass its content hash when the caller already read it."""
     digest = content_hash or session.scalar(select(ProcessVersion.content_hash)
                                             .where(ProcessVersion.id == version_id))
-    return model_for_version(version_id, digest, lambda: session.scalar(
-        select(ProcessVersion.files).where(ProcessVersion.id == version_id)))
+
+    def source() -> tuple[str, dict[str, str]]:
+        key, files = session.execute(select(ProcessVersion.process_key, ProcessVersion.files)
+                                     .where(ProcessVersion.id == version_id)).one()
+        return key, files
+
+    return model_for_version(version_id, digest, source)

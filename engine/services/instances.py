@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import uuid
 from datetime import timedelta
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from engine.errors import Conflict, Forbidden, InvalidInput, NotFound, TooManyRequests
+from engine.errors import Conflict, Forbidden, NotFound, TooManyRequests
 from engine.history import Actor
 from engine.models import HistoryEvent, Instance, ProcessDefinition, ProcessVersion, Task, User
 from engine.org.directory import require_active_users
 from engine.runner.execution import InstanceRun, run_command, utcnow
+from engine.runner.summary import amount_of, title_of
+from engine.services.controls import check_submission
 from engine.services.deployments import model_for
 from engine.services.forms import validate_form
 from engine.services.queries import current_tasks
@@ -22,7 +23,6 @@ from engine.services.queries import current_tasks
 BUSINESS_KEY_PREFIX = {"reimbursement": "BX", "payment": "FK", "contract": "HT"}
 CANCEL_ROLES = {"admin"}
 URGE_INTERVAL = timedelta(hours=1)
-MAX_AMOUNT = Decimal(10) ** 16
 
 
 def start_instance(session: Session, actor: Actor, process_key: str, data: dict[str, Any],
@@ -36,17 +36,19 @@ def start_instance(session: Session, actor: Actor, process_key: str, data: dict[
         raise NotFound(f"流程 '{process_key}' 不存在", {"process_key": process_key})
     version_id, content_hash = latest
     model = model_for(session, version_id, content_hash)
+    form = model.form(model.start_form)
     if model.start_form:
-        validate_form(model.form(model.start_form), data, "data")
+        data = validate_form(form, data, "data")
     now = utcnow()
     instance_id = str(uuid.uuid4())
     instance = Instance(
         id=instance_id, process_key=process_key, version_id=version_id,
         business_key=business_key or _business_key(process_key, instance_id, now),
-        starter_id=actor.user_id, status="running", title=_title(data), amount=_amount(data), data=data,
+        starter_id=actor.user_id, status="running", title=title_of(data), amount=amount_of(data), data=data,
         state="", last_seq=0, started_at=now, updated_at=now,
     )
     session.add(instance)
+    check_submission(session, actor.user_id, form, data, instance_id)
     run = InstanceRun.start(session, instance, model, data, actor)
     run.save()
     return instance
@@ -145,25 +147,3 @@ def _terminate(session: Session, actor: Actor, instance: Instance, status: str, 
 def _business_key(process_key: str, instance_id: str, now) -> str:
     prefix = BUSINESS_KEY_PREFIX.get(process_key, process_key[:4].upper())
     return f"{prefix}-{now:%Y%m%d}-{instance_id[:6].upper()}"
-
-
-def _title(data: dict[str, Any]) -> str | None:
-    for key in ("title", "reason", "purpose", "payee"):
-        if isinstance(data.get(key), str) and data[key].strip():
-            return data[key][:255]
-    return None
-
-
-def _amount(data: dict[str, Any]) -> Decimal | None:
-    value = data.get("amount")
-    if isinstance(value, bool) or value is None:
-        return None
-    try:
-        amount = Decimal(str(value))
-    except InvalidOperation:
-        raise InvalidInput("amount must be a number", {"fields": {"amount": ["must be a number"]}}) from None
-    if not amount.is_finite():
-        return None
-    if abs(amount) >= MAX_AMOUNT:  # the amount column is NUMERIC(18, 2)
-        raise InvalidInput("amount is too large", {"fields": {"amount": [f"must be less than {MAX_AMOUNT:,}"]}})
-    return amount.quantize(Decimal("0.01"))

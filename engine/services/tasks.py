@@ -15,8 +15,10 @@ from engine.errors import Conflict, Forbidden, InvalidInput, NotFound
 from engine.history import Actor
 from engine.models import Instance, ProcessVersion, Task
 from engine.org.directory import require_active_users
+from engine.runner.duties import barred_approvers
 from engine.runner.execution import InstanceRun, run_command
 from engine.runner.model import ProcessModel
+from engine.services.controls import check_submission
 from engine.services.deployments import model_for
 from engine.services.forms import validate_form
 
@@ -28,6 +30,9 @@ def complete_task(session: Session, actor: Actor, task_id: str, action: str, com
         raise InvalidInput(f"action must be one of {task.actions}", {"fields": {"action": [
             f"'{action}' is not allowed here; allowed: {', '.join(task.actions)}"]}})
     form_data = validate_form(model.form(task.form_key), form_data or {}, "form_data")
+    if action == "submit":  # a revised request passes the same controls as a new one
+        check_submission(session, instance.starter_id, model.form(model.start_form),
+                         {**instance.data, **form_data}, instance.id)
     run_command(session, instance, model, actor, lambda run: run.complete_user_task(task, action, comment, form_data))
     return task, instance
 
@@ -35,6 +40,7 @@ def complete_task(session: Session, actor: Actor, task_id: str, action: str, com
 def transfer_task(session: Session, actor: Actor, task_id: str, to_user: str, reason: str | None) -> Task:
     instance, task, model = _load_actionable(session, actor, task_id)
     require_active_users(session, [to_user], "to")
+    _refuse_barred(instance, task, model, [to_user], "to", "转办")
     if to_user in task.candidates:
         raise InvalidInput(f"{to_user} 已是该任务的审批人", {"fields": {"to": ["already on the task"]}})
     run_command(session, instance, model, actor, lambda run: run.transfer(task, to_user, reason))
@@ -48,6 +54,7 @@ def delegate_task(session: Session, actor: Actor, task_id: str, to_user: str, re
     require_active_users(session, [to_user], "to")
     if to_user == actor.user_id:
         raise InvalidInput("不能委派给自己", {"fields": {"to": ["is yourself"]}})
+    _refuse_barred(instance, task, model, [to_user], "to", "委派")
     run_command(session, instance, model, actor, lambda run: run.delegate(task, to_user, reason))
     return task
 
@@ -59,6 +66,7 @@ def add_signers(session: Session, actor: Actor, task_id: str, users: list[str], 
         raise Conflict("任务已委派，等待被委派人处理", {"task_id": task_id})
     users = list(dict.fromkeys(users))
     require_active_users(session, users, "users")
+    _refuse_barred(instance, task, model, users, "users", "加签")
     on_task = {user for candidates in session.scalars(select(Task.candidates).where(
         Task.activation == task.activation, Task.status.in_(["ready", "waiting"]))) for user in candidates}
     already = sorted(set(users) & (on_task | set(task.pending_after)))
@@ -81,6 +89,20 @@ def return_task(session: Session, actor: Actor, task_id: str, to: str, reason: s
     run.return_to(task, to, reason)
     run.save()
     return instance
+
+
+def _refuse_barred(instance: Instance, task: Task, model: ProcessModel, users: list[str], field: str,
+                   operation: str) -> None:
+    """Nobody barred from approving the node (the applicant, an earlier approver of a distinct node) may
+    be brought onto it by transfer, delegation or added signers."""
+    node = model.nodes[task.node_id]
+    barred = barred_approvers(node, instance.starter_id, instance.data, {n.id: n.name for n in model.nodes.values()})
+    refused = {u: barred[u] for u in users if u in barred}
+    if refused:
+        user, reason = next(iter(refused.items()))
+        raise InvalidInput(f"不能{operation}给 {user}：{reason}",
+                           {"fields": {field: [f"{u} may not approve this request: {r}" for u, r in refused.items()]}},
+                           code="segregation_of_duties")
 
 
 def _load_actionable(session: Session, actor: Actor, task_id: str) -> tuple[Instance, Task, ProcessModel]:
