@@ -1,8 +1,13 @@
 """The REST API: a full walkthrough, authentication and permissions, and bad input of every kind."""
 
+import json
+
 import pytest
+from click.testing import CliRunner
 
 from api import create_app
+from engine.cli import main as cli_main
+from engine.org.directory import DEMO_ORG
 from tests.helpers import claim, payment
 
 START = "/api/v1/instances"
@@ -248,3 +253,16 @@ def test_unknown_route_and_method_are_json_errors(as_user):
     assert client.get("/api/v1/nothing").json["error"]["code"] == "not_found"
     response = client.client.delete("/api/v1/instances", headers=client.headers)
     assert response.status_code == 405 and response.json["error"]["code"] == "method_not_allowed"
+
+
+def test_up_writes_a_working_token_for_every_demo_user(app, tmp_path, monkeypatch):
+    monkeypatch.setenv("FINFLOW_DATA_DIR", str(tmp_path))
+    result = CliRunner().invoke(cli_main, ["up", "--no-serve"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    tokens = dict(line.split(" ") for line in (tmp_path / "demo-tokens.txt").read_text(encoding="utf-8").splitlines())
+    users = {u["id"]: u.get("active", True) for u in json.loads(DEMO_ORG.read_text(encoding="utf-8"))["users"]}
+    assert set(tokens) == set(users) and len(users) == 38
+    client = app.test_client()
+    for user, token in tokens.items():
+        me = client.get("/api/v1/me", headers={"Authorization": f"Bearer {token}"})
+        assert (me.status_code, me.json.get("id")) == ((200, user) if users[user] else (401, None)), user
