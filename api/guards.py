@@ -27,8 +27,8 @@ def _limit_body() -> None:
 
 
 def _require_token() -> None:
-    if request.routing_exception is not None:
-        return  # 404/405 are raised by dispatch as usual
+    if request.routing_exception is not None or request.method == "OPTIONS":
+        return  # 404/405 are raised by dispatch as usual; OPTIONS only lists the methods
     view = current_app.view_functions.get(request.endpoint)
     if getattr(view, "requires_token", False) and bearer_token() is None:
         raise Unauthorized("缺少访问令牌：请使用 Authorization: Bearer <token>")
