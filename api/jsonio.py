@@ -57,11 +57,18 @@ def nesting_depth(text: str) -> int:
     return max(accumulate(1 if b in "[{" else -1 for b in brackets), default=0)
 
 
-def refuse_unstorable(value: Any, path: str = "") -> None:
+def refuse_unstorable(body: Any, forms: frozenset[str] = frozenset()) -> None:
     """Raise InvalidInput naming the field for values no store can keep: a NUL character in a string or
-    key (PostgreSQL text cannot hold it) and non-finite numbers (NaN, ±Infinity)."""
+    key (PostgreSQL text cannot hold it) and non-finite numbers (NaN, ±Infinity).
+
+    Fields inside the body fields named in `forms` are named as form validation names them (`amount`,
+    `invoices.0.amount`), so a client sees one name for a field whichever check refused it."""
     problems: dict[str, list[str]] = {}
-    _collect(value, path, problems)
+    if isinstance(body, dict) and forms:
+        for key, item in body.items():
+            _collect(item, "" if key in forms else key, problems)
+    else:
+        _collect(body, "", problems)
     if problems:
         summary = "; ".join(f"{field or '(body)'}: {messages[0]}" for field, messages in problems.items())
         raise InvalidInput(f"Invalid request: {summary}", {"fields": problems})

@@ -21,6 +21,7 @@ from webargs.flaskparser import FlaskParser, is_json_request
 from werkzeug.exceptions import UnsupportedMediaType
 
 from api import jsonio
+from api.schemas import FORM
 from engine.errors import FinflowError, InvalidInput
 
 
@@ -37,7 +38,13 @@ class FinflowParser(FlaskParser):
         except jsonio.JSONTooDeep as exc:
             raise FinflowError(f"Request body is not accepted: {exc}", {"max_depth": jsonio.MAX_DEPTH},
                                code="invalid_json") from None
-        jsonio.refuse_unstorable(body)
+        return body
+
+    def load_json(self, req: flask.Request, schema: Schema) -> Any:
+        body = super().load_json(req, schema)
+        if body is not core.missing:
+            forms = frozenset(name for name, field in schema.fields.items() if field.metadata.get(FORM))
+            jsonio.refuse_unstorable(body, forms)
         return body
 
     def load_querystring(self, req: flask.Request, schema: Schema) -> Any:

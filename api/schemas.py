@@ -6,6 +6,7 @@ from datetime import date, datetime
 
 from marshmallow import Schema, ValidationError, fields, validate
 
+FORM = "form"  # field metadata: the value is a form's data, whose fields errors name as the form does
 PROCESS_KEY = validate.Regexp(r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$", error="must be a process key like 'payment'")
 
 
@@ -144,7 +145,7 @@ class InstancePageSchema(Schema):
 class StartInstanceSchema(StrictSchema):
     process_key = fields.String(required=True, validate=PROCESS_KEY)
     business_key = fields.String(validate=validate.Length(min=1, max=128))
-    data = fields.Dict(required=True, metadata={"description": "the start form's fields"})
+    data = fields.Dict(required=True, metadata={"description": "the start form's fields", FORM: True})
 
 
 def in_calendar(moment: datetime) -> None:
@@ -187,7 +188,7 @@ class TaskDetailSchema(TaskSchema):
 class CompleteTaskSchema(StrictSchema):
     action = fields.String(required=True, validate=validate.OneOf(["approve", "reject", "submit"]))
     comment = fields.String(validate=validate.Length(max=2000), load_default=None, allow_none=True)
-    form_data = fields.Dict(load_default=dict)
+    form_data = fields.Dict(load_default=dict, metadata={FORM: True})
 
 
 class CompletedSchema(Schema):
