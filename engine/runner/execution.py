@@ -19,13 +19,14 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from engine import clock, operators, outbox, timers
+from engine import clock, operators, outbox
 from engine.db import jsonable
 from engine.errors import Conflict
 from engine.finance import budgets, settlement
 from engine.history import Actor, HistoryRecorder
 from engine.models import HistoryEvent, Instance, InstanceCc, Task, TaskCandidate, Timer
 from engine.org.assignment import resolve_candidates
+from engine.runner import timer_schedule
 from engine.runner.duties import barred_approvers
 from engine.runner.model import NodeInfo, ProcessModel
 from engine.runner.script_engine import FinflowScriptEngine, RestrictedEnvironment
@@ -594,7 +595,7 @@ class InstanceRun:
             attached = node.properties.get("attachedToRef")
             created.append(Timer(instance_id=self.instance.id, spiff_task_id=str(task.id), node_id=node.id,
                                  attached_to=attached, interrupting=interrupting and node.kind == "boundaryEvent",
-                                 due_at=due, fire_at=timers.defer_for_quiet_hours(due) if reminder else due,
+                                 due_at=due, fire_at=timer_schedule.defer_for_quiet_hours(due) if reminder else due,
                                  status="pending"))
             if attached and interrupting:
                 self._set_due(attached, due)
@@ -602,7 +603,7 @@ class InstanceRun:
             if key not in current and timer.status == "pending":
                 timer.status = "cancelled"
         self.session.add_all(created)
-        timers.schedule_after_commit(self.session, created)  # ids are assigned by the flush in save()
+        timer_schedule.schedule_after_commit(self.session, created)  # ids are assigned by the flush in save()
 
     def _set_due(self, node_id: str, due: datetime) -> None:
         for row in self._new_tasks:
