@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from engine import clock, operators, outbox
 from engine.db import jsonable
 from engine.errors import Conflict
-from engine.finance import budgets, settlement
+from engine.finance import settlement
 from engine.history import Actor, HistoryRecorder
 from engine.models import HistoryEvent, Instance, InstanceCc, Task, TaskCandidate, Timer
 from engine.org.assignment import resolve_candidates
@@ -522,8 +522,7 @@ class InstanceRun:
         self.history.record("instance.completed", {"outcome": outcome}, by_actor=False)
 
     def _settle(self, approved: bool, reason: str) -> None:
-        held = budgets.held_by(self.session, self.instance.id)
-        settlement.settle(self.session, self.instance.id, approved, self.history.actor.user_id, reason)
+        held = settlement.settle(self.session, self.instance.id, approved, self.history.actor.user_id, reason)
         for line, amount in held.items():
             self.history.record("budget.consumed" if approved else "budget.released",
                                 {"budget_line": line, "amount": str(amount), "reason": reason}, by_actor=False)

@@ -32,7 +32,7 @@ def complete_task(session: Session, actor: Actor, task_id: str, action: str, com
     form_data = validate_form(model.form(task.form_key), form_data or {}, "form_data")
     if action == "submit":  # a revised request passes the same controls as a new one
         check_submission(session, instance.starter_id, model.form(model.start_form),
-                         {**instance.data, **form_data}, instance.id)
+                         {**instance.data, **form_data}, instance.id, resubmission=True)
     run_command(session, instance, model, actor, lambda run: run.complete_user_task(task, action, comment, form_data))
     return task, instance
 
