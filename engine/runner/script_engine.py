@@ -63,7 +63,9 @@ _SEQUENCES = (str, bytes, bytearray, list, tuple)
 _TEXT = (str, bytes, bytearray)
 _SCALARS = frozenset({bool, int, float, Decimal, type(None), date, datetime, timedelta})
 _NUMBERS = frozenset({int, float, Decimal})  # `+` on these cannot grow beyond its operands
-MAX_INT_BITS = 100_000  # about 30,000 digits; above it even division and str() get slow (quadratic)
+# About 4,200 digits: below Python's limit for int <-> str (4,300 digits), so every integer a script builds
+# can be written to the task data (as JSON), and division and str() of it stay fast (they are quadratic).
+MAX_INT_BITS = 14_000
 MAX_MODPOW_BITS = 4096  # pow(a, b, m) costs bits(b) multiplications of bits(m)-sized numbers
 
 
@@ -316,14 +318,12 @@ class Sandbox:
     @staticmethod
     def require_bits(bits: float, what: str) -> None:
         if bits > MAX_INT_BITS:
-            raise ScriptLimitExceeded(f"脚本超出大小限制：{what} 的结果将是超过 {MAX_INT_BITS} 位的整数")
+            raise ScriptLimitExceeded(f"脚本超出大小限制：{what} 的结果有超过 {MAX_INT_BITS} 位的整数")
 
-    def measure(self, value: Any, what: str = "脚本写入的数据") -> None:
-        """Count items and characters of a value as JSON would write it (shared parts count every time they
+    def measure(self, values: Iterable[Any], what: str) -> None:
+        """Count items and characters of values as JSON would write them (shared parts count every time they
         appear, a value containing itself never ends), stopping as soon as the count passes the limit."""
-        if type(value) in _SCALARS:
-            return
-        total, pending = 0, [value]
+        total, pending = 0, list(values)
         while pending:
             item = pending.pop()
             kind = type(item)
@@ -335,6 +335,9 @@ class Sandbox:
             elif kind in (list, tuple, set, frozenset):
                 total += len(item)
                 pending.extend(item)
+            elif kind is int:
+                self.require_bits(item.bit_length(), what)
+                total += 1
             else:
                 total += 1
             if total > self.max_size:
@@ -544,7 +547,8 @@ class RestrictedEnvironment(BasePythonScriptEngineEnvironment):
     def evaluate(self, expression, context, external_context=None):
         sandbox, meter = _prepare()
         result = meter.run(eval, compile_expression(expression), sandbox.scope(meter, external_context, context))
-        sandbox.measure(result, "表达式的结果")
+        if type(result) not in _SCALARS:
+            sandbox.measure([result], "表达式的结果")
         return result
 
     def execute(self, script, context, external_context=None):
@@ -554,7 +558,7 @@ class RestrictedEnvironment(BasePythonScriptEngineEnvironment):
         hidden = sandbox.hidden | set(external_context or {})
         written = {key: value for key, value in scope.items()
                    if key not in hidden and not key.startswith("_") and not callable(value)}
-        sandbox.measure(list(written.values()))
+        sandbox.measure(written.values(), "脚本写入的数据")
         for key in [k for k in context if k not in scope]:
             del context[key]
         context.update(written)
