@@ -74,6 +74,9 @@ def test_imports_and_dunders_are_refused_at_deploy(script):
     ("total = amount / 0", "ZeroDivisionError"),
     ("y = undefined_name + 1", "undefined_name"),
     ("x = amount['key']", "TypeError"),
+    ("raise SystemExit(1)", "SystemExit"),
+    ("raise KeyboardInterrupt", "KeyboardInterrupt"),
+    ("raise BaseException('stop the worker')", "BaseException"),
 ])
 def test_runtime_failure_fails_the_instance_with_a_recorded_error(script, reason):
     deploy_script(script)

@@ -67,6 +67,8 @@ _NUMBERS = frozenset({int, float, Decimal})  # `+` on these cannot grow beyond i
 # can be written to the task data (as JSON), and division and str() of it stay fast (they are quadratic).
 MAX_INT_BITS = 14_000
 MAX_MODPOW_BITS = 4096  # pow(a, b, m) costs bits(b) multiplications of bits(m)-sized numbers
+# Exceptions that stop a thread or a process (past every `except Exception`): a script may not raise them.
+_STOPPING = frozenset({"SystemExit", "KeyboardInterrupt", "GeneratorExit"})
 
 
 # -- checkpoints ------------------------------------------------------------------------------------
@@ -110,6 +112,10 @@ class _Meter:
         except Exception:
             if self.exceeded is not None:
                 raise self.exceeded from None
+            raise
+        except BaseException as exc:
+            if type(exc) is BaseException:  # raised by the script: it must fail the instance, not the thread
+                raise RuntimeError(f"BaseException: {exc}") from exc
             raise
         if self.exceeded is not None:
             raise self.exceeded
@@ -219,7 +225,7 @@ class LimitingTransformer(RestrictingNodeTransformer):
             return super().visit_Assign(node)
         self._slice_target = node.targets[0]
         node = super().visit_Assign(node)
-        target = node.targets[0]  # now `_write_(x)[slice(a, b, c)]`
+        target = node.targets[0]  # now `_write_(x)[a:b:c]`
         statement = ast.Expr(_call("_setslice_", [target.value, target.slice, node.value], node))
         copy_locations(statement, node)
         return statement
@@ -277,8 +283,8 @@ class Sandbox:
 
     def __init__(self, limits: ScriptLimits):
         self.max_size = limits.max_size
-        builtins = {**safe_builtins, **_EXTRA_BUILTINS,
-                    "range": self.bounded_range, "pow": self.pow, "sum": self.bounded_sum}
+        builtins = {**{name: value for name, value in safe_builtins.items() if name not in _STOPPING},
+                    **_EXTRA_BUILTINS, "range": self.bounded_range, "pow": self.pow, "sum": self.bounded_sum}
         self.public = {"Decimal": Decimal, "date": date, "datetime": datetime, "timedelta": timedelta}
         inplace = {"+=": self.add, "-=": operator.sub, "*=": self.mul, "/=": operator.truediv,
                    "//=": operator.floordiv, "%=": self.mod, "**=": self.pow, "<<=": self.lshift,
@@ -318,7 +324,7 @@ class Sandbox:
     @staticmethod
     def require_bits(bits: float, what: str) -> None:
         if bits > MAX_INT_BITS:
-            raise ScriptLimitExceeded(f"脚本超出大小限制：{what} 的结果有超过 {MAX_INT_BITS} 位的整数")
+            raise ScriptLimitExceeded(f"脚本超出大小限制：{what}超过 {MAX_INT_BITS} 位的整数")
 
     def measure(self, values: Iterable[Any], what: str) -> None:
         """Count items and characters of values as JSON would write them (shared parts count every time they
@@ -336,7 +342,7 @@ class Sandbox:
                 total += len(item)
                 pending.extend(item)
             elif kind is int:
-                self.require_bits(item.bit_length(), what)
+                self.require_bits(item.bit_length(), f"{what}中有")
                 total += 1
             else:
                 total += 1
@@ -354,7 +360,7 @@ class Sandbox:
 
     def mul(self, a: Any, b: Any) -> Any:
         if isinstance(a, int) and isinstance(b, int):
-            self.require_bits(a.bit_length() + b.bit_length(), "*")
+            self.require_bits(a.bit_length() + b.bit_length(), "* 的结果")
         elif isinstance(a, _SEQUENCES) and isinstance(b, int):
             self.require(len(a) * b, "*")
         elif isinstance(b, _SEQUENCES) and isinstance(a, int):
@@ -368,12 +374,13 @@ class Sandbox:
                 if max(base.bit_length(), exponent.bit_length(), _bits(mod)) > MAX_MODPOW_BITS:
                     raise ScriptLimitExceeded(f"脚本超出大小限制：pow(a, b, m) 的参数超过 {MAX_MODPOW_BITS} 位")
             elif exponent > 1 and abs(base) > 1:
-                self.require_bits(exponent if exponent > MAX_INT_BITS else exponent * math.log2(abs(base)), "**")
+                self.require_bits(exponent if exponent > MAX_INT_BITS else exponent * math.log2(abs(base)),
+                                  "** 的结果")
         return pow(base, exponent) if mod is None else pow(base, exponent, mod)
 
     def lshift(self, a: Any, b: Any) -> Any:
         if isinstance(a, int) and isinstance(b, int) and a and b > 0:
-            self.require_bits(a.bit_length() + b, "<<")
+            self.require_bits(a.bit_length() + b, "<< 的结果")
         return a << b
 
     def mod(self, a: Any, b: Any) -> Any:
