@@ -14,7 +14,7 @@ blp = Blueprint("health", __name__, description="Liveness and the caller's ident
 @blp.doc(security=[])
 def health():
     """Liveness: the API answers and the database responds."""
-    with transaction() as session:
+    with transaction(readonly=True) as session:
         session.execute(text("SELECT 1"))
     return {"status": "ok", "database": "ok"}
 

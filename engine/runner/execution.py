@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any, TypeVar
 from uuid import UUID, uuid4
 
@@ -28,6 +29,7 @@ from engine.models import HistoryEvent, Instance, InstanceCc, Task, TaskCandidat
 from engine.org.assignment import resolve_candidates
 from engine.runner import timer_schedule
 from engine.runner.duties import barred_approvers
+from engine.runner.limits import CommandBudget, EngineLimitExceeded
 from engine.runner.model import NodeInfo, ProcessModel
 from engine.runner.script_engine import FinflowScriptEngine, RestrictedEnvironment
 from engine.runner.state import dump_state, load_state
@@ -291,21 +293,34 @@ class InstanceRun:
 
     # -- stepping -----------------------------------------------------------------------------------
 
+    @cached_property
+    def _budget(self) -> CommandBudget:
+        """The engine work this command may still do (all its steps share one budget)."""
+        return CommandBudget()
+
     def step(self) -> None:
-        while True:
-            try:
-                with operators.bound(operators.OperatorContext(self.session, self.instance.id,
-                                                               self.instance.starter_id, self._record_system)):
-                    self.workflow.do_engine_steps()
-            except SQLAlchemyError:
-                raise
-            except Exception as exc:  # a bad expression or failing service fails this instance, not the server
+        """Run the engine until it waits for people or timers, within the command's budget (limits.py):
+        every task the engine runs is a step, and so is every round (the first, and each after
+        auto-approvals), so even a loop of auto-approved user tasks ends."""
+        budget = self._budget
+        with budget.running():
+            while True:
+                try:
+                    budget.spend(self.workflow.last_task)
+                    with operators.bound(operators.OperatorContext(self.session, self.instance.id,
+                                                                   self.instance.starter_id, self._record_system)):
+                        self.workflow.do_engine_steps(did_complete_task=budget.spend)
+                except SQLAlchemyError:
+                    raise
+                except Exception as exc:
+                    # A bad expression, a failing service or a runaway diagram fails this instance, not the
+                    # server; the command then commits as usual.
+                    self._observe()
+                    self._fail(exc, node_id=exc.node_id if isinstance(exc, EngineLimitExceeded) else None)
+                    return
                 self._observe()
-                self._fail(exc)
-                return
-            self._observe()
-            if self.instance.status == "failed" or not self._run_auto_decisions():
-                break
+                if self.instance.status == "failed" or not self._run_auto_decisions():
+                    break
         if self.workflow.is_completed():
             self._finish()
 
