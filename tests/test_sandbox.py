@@ -2,6 +2,7 @@
 fails its instance with a recorded error while the server keeps serving."""
 
 import time
+from decimal import Decimal
 from xml.sax.saxutils import escape
 
 import pytest
@@ -10,7 +11,13 @@ from engine.db import transaction
 from engine.history import Actor
 from engine.runner.execution import SCRIPT_ENGINE
 from engine.runner.limits import ScriptLimitExceeded
-from engine.runner.script_engine import RestrictedCodeError, compile_expression, compile_script
+from engine.runner.script_engine import (
+    NonFiniteNumber,
+    RestrictedCodeError,
+    RestrictedEnvironment,
+    compile_expression,
+    compile_script,
+)
 from engine.services.deployments import deploy
 from tests.conftest import PROCESSES
 from tests.helpers import act, claim, events, instance, start
@@ -255,3 +262,15 @@ def test_everyday_scripts_work_as_before():
     assert data["code"] == "BX-0007" and data["padded"] == "BX-0007...|"
     assert data["numbers"] == ["X", "B", "Y", "Y"] and data["big"] == 3 * 2**64
     assert str(data["ratio"]) == "1.70" and data["caught"] is True
+
+
+@pytest.mark.parametrize("script", ["x = float('nan')", "x = [1, {'a': float('inf')}]", "x = Decimal('NaN')",
+                                    "x = 1e308 * 10"])
+def test_a_script_making_nan_or_infinity_fails_its_instance_instead_of_skipping_rules(script):
+    """A comparison with NaN is false: such a value must never reach a gateway or a DMN table."""
+    environment = RestrictedEnvironment(lambda name, params: None)
+    with pytest.raises(NonFiniteNumber, match="非有限数值"):
+        environment.execute(script, {})
+    with pytest.raises(NonFiniteNumber):
+        environment.evaluate("amount * 1", {"amount": float("nan")})
+    assert environment.evaluate("amount > 5000", {"amount": Decimal("5000.01")}) is True

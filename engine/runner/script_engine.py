@@ -541,6 +541,29 @@ def _prepare() -> tuple[Sandbox, _Meter]:
     return sandbox_for(limits), _Meter(limits, budget)
 
 
+class NonFiniteNumber(ValueError):
+    """A script or expression made NaN or Infinity. Every comparison with NaN is false, so letting one into
+    the data could silently skip a rule or an approval; the instance fails instead, naming the source."""
+
+
+def _finite(value) -> bool:
+    if isinstance(value, Decimal):
+        return value.is_finite()
+    return not isinstance(value, float) or math.isfinite(value)
+
+
+def _refuse_non_finite(values, source: str) -> None:
+    pending = list(values)
+    while pending:
+        value = pending.pop()
+        if not _finite(value):
+            raise NonFiniteNumber(f"{source} 产生了非有限数值 {value}（NaN/Infinity 不能参与比较或作为金额）")
+        if isinstance(value, dict):
+            pending.extend(value.values())
+        elif isinstance(value, list | tuple | set | frozenset):
+            pending.extend(value)
+
+
 # -- SpiffWorkflow glue -----------------------------------------------------------------------------
 
 
@@ -556,6 +579,7 @@ class RestrictedEnvironment(BasePythonScriptEngineEnvironment):
         result = meter.run(eval, compile_expression(expression), sandbox.scope(meter, external_context, context))
         if type(result) not in _SCALARS:
             sandbox.measure([result], "表达式的结果")
+        _refuse_non_finite([result], expression)
         return result
 
     def execute(self, script, context, external_context=None):
@@ -566,6 +590,7 @@ class RestrictedEnvironment(BasePythonScriptEngineEnvironment):
         written = {key: value for key, value in scope.items()
                    if key not in hidden and not key.startswith("_") and not callable(value)}
         sandbox.measure(written.values(), "脚本写入的数据")
+        _refuse_non_finite(written.values(), "script")
         for key in [k for k in context if k not in scope]:
             del context[key]
         context.update(written)
