@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from engine import clock, operators, outbox
 from engine.db import jsonable
-from engine.errors import Conflict
+from engine.errors import Conflict, DeploymentInvalid
 from engine.finance import settlement
 from engine.history import Actor, HistoryRecorder
 from engine.models import HistoryEvent, Instance, InstanceCc, Task, TaskCandidate, Timer
@@ -77,7 +77,11 @@ class InstanceRun:
     @classmethod
     def start(cls, session: Session, instance: Instance, model: ProcessModel, data: dict[str, Any],
               actor: Actor) -> InstanceRun:
-        workflow = BpmnWorkflow(model.spec, model.subprocess_specs, script_engine=SCRIPT_ENGINE)
+        try:
+            workflow = BpmnWorkflow(model.spec, model.subprocess_specs, script_engine=SCRIPT_ENGINE)
+        except RecursionError:  # a loop with no way out, in a version stored before deploy refused those
+            raise DeploymentInvalid(f"流程 {model.key} 无法启动：流程图中存在没有出口的循环，请修改流程定义后重新部署",
+                                    {"process_key": model.key, "version_id": model.version_id}) from None
         # Every field the start form declares is a variable, null when left out, so a diagram can ask
         # whether an optional field was filled (budget_line) instead of failing on an unknown name.
         declared = dict.fromkeys(model.form(model.start_form).get("properties", {})) if model.start_form else {}
