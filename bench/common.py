@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session  # noqa: E402
 from engine import migrate  # noqa: E402
 from engine.config import normalize_database_url  # noqa: E402
 from engine.db import Base, after_commit, get_engine, transaction  # noqa: E402
+from engine.demo.scenarios import claim  # noqa: E402
 from engine.history import Actor  # noqa: E402
 from engine.org.directory import load_demo_org  # noqa: E402
 from engine.outbox import dispatch  # noqa: E402
@@ -38,8 +39,6 @@ from engine.services.tasks import complete_task  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 FINFLOW = Path(sys.executable).parent / "finflow"
-CLAIM = {"category": "办公", "amount": 1200, "reason": "采购办公用品",
-         "invoices": [{"number": "044031900111", "amount": 1200, "date": "2026-11-02"}]}
 STARTER = "suxiaoyun"
 
 
@@ -163,7 +162,8 @@ class Driver:
             self.command(lambda s: complete_task(s, Actor(user, "bench"), task_id, "approve", "同意", {}),
                          lambda result: result[1])
         else:
-            self.command(lambda s: start_instance(s, Actor(STARTER, "bench"), "reimbursement", CLAIM),
+            data = claim("办公", 1200, "采购办公用品")
+            self.command(lambda s: start_instance(s, Actor(STARTER, "bench"), "reimbursement", data),
                          lambda instance: instance)
 
     def commit_time(self, instance_id: str, seq: int) -> float | None:

@@ -231,6 +231,20 @@ def test_a_process_calling_itself_is_refused_naming_the_cycle(as_user):
     assert time.monotonic() - began < 30
 
 
+def test_a_loop_with_no_way_to_an_end_is_refused_naming_it(as_user):
+    """SpiffWorkflow recursed without end creating an instance of such a process (a 500 at start)."""
+    trapped = process("trap", user_task("a"), user_task("b")).replace(
+        'sourceRef="b" targetRef="trap_end"', 'sourceRef="b" targetRef="a"')
+    error = refused(as_user, {"trap.bpmn": bpmn(trapped), **FORMS})
+    assert error["details"]["loop"] == ["a", "b"] and error["details"]["element_id"] == "a"
+    assert "end event" in error["message"]
+    with_exit = process("exit", user_task("a"), '<bpmn:exclusiveGateway id="again" default="exit_flow2" />').replace(
+        "</bpmn:process>", '<bpmn:sequenceFlow id="back" sourceRef="again" targetRef="a"><bpmn:conditionExpression>'
+        "decision == 'reject'</bpmn:conditionExpression></bpmn:sequenceFlow></bpmn:process>")
+    response = deploy(as_user, {"exit.bpmn": bpmn(with_exit), **FORMS})
+    assert response.status_code == 201, response.json  # a loop with a way out
+
+
 def test_recursion_through_another_file_is_refused_naming_the_cycle(as_user):
     error = refused(as_user, {"a.bpmn": bpmn(process("a", call("a_calls_b", "b"))),
                               "b.bpmn": bpmn(process("b", user_task("b_review"), call("b_calls_a", "a"))),

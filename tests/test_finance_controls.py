@@ -14,7 +14,7 @@ from engine.db import transaction
 from engine.errors import InvalidInput
 from engine.finance import budgets as ledger
 from engine.history import Actor
-from engine.models import BudgetEntry, InvoiceClaim
+from engine.models import BudgetEntry, InvoiceClaim, Task, TaskCandidate
 from engine.services.instances import start_instance, withdraw_instance
 from tests.helpers import (
     act,
@@ -387,3 +387,15 @@ def test_summary_follows_a_resubmission(as_user):
     assert change.payload == {"amount": {"old": "60000.00", "new": "55000.00"},
                               "title": {"old": "展会搭建费", "new": "展会搭建费（已剔除餐费）"}}
     assert change.actor_id == "suxiaoyun"
+
+
+def test_an_applicant_left_on_a_task_by_an_older_rule_still_cannot_approve_it(as_user):
+    """Rows made before segregation of duties (or by any path that missed it) are checked at completion."""
+    task = start_api(as_user)
+    with transaction() as session:
+        row = session.get(Task, task["id"])
+        row.candidates = [*row.candidates, "suxiaoyun"]
+        session.add(TaskCandidate(task_id=row.id, user_id="suxiaoyun"))
+    response = as_user("suxiaoyun").post(f"/api/v1/tasks/{task['id']}/complete", json={"action": "approve"})
+    assert response.status_code == 403 and response.json["error"]["code"] == "segregation_of_duties"
+    assert as_user("guoxin").get(f"/api/v1/tasks/{task['id']}").json["status"] == "ready"

@@ -11,6 +11,7 @@ from engine import clock, timers
 from engine.db import transaction
 from engine.history import Actor
 from engine.models import Timer
+from engine.runner import timer_schedule
 from engine.services.deployments import deploy
 from tests.helpers import events, instance, ready, start
 
@@ -221,9 +222,9 @@ def test_overdue_tasks_are_visible(as_user):
 ])
 def test_quiet_hours_defer_reminders_to_the_morning(monkeypatch, local, expected):
     monkeypatch.setenv("FINFLOW_QUIET_HOURS", "22:00-08:00")
-    zone = timers.LOCAL_ZONE
+    zone = timer_schedule.LOCAL_ZONE
     moment = datetime.fromisoformat(local).replace(tzinfo=zone).astimezone(UTC)
-    assert timers.defer_for_quiet_hours(moment) == datetime.fromisoformat(expected).replace(tzinfo=zone)
+    assert timer_schedule.defer_for_quiet_hours(moment) == datetime.fromisoformat(expected).replace(tzinfo=zone)
 
 
 def test_reminder_in_quiet_hours_fires_in_the_morning(monkeypatch):
@@ -232,7 +233,7 @@ def test_reminder_in_quiet_hours_fires_in_the_morning(monkeypatch):
     iid = start("timed", "suxiaoyun", {})
     remind = next(t for t in timers_of(iid) if t.node_id == "remind")
     timeout = next(t for t in timers_of(iid) if t.node_id == "timeout")
-    assert remind.fire_at == timers.defer_for_quiet_hours(remind.due_at)
+    assert remind.fire_at == timer_schedule.defer_for_quiet_hours(remind.due_at)
     assert timeout.fire_at == timeout.due_at  # timeouts are urgent: never deferred
 
 

@@ -14,14 +14,15 @@ from engine.finance.invoices import today as invoice_today
 _SERIAL = itertools.count(1)
 
 
-def _invoices(amount: int) -> list[dict]:
+def invoices_for(amount: int) -> list[dict]:
     """One 全电发票 dated yesterday, numbered afresh each run (an invoice backs one claim only)."""
     number = f"{datetime.now():%y%m%d%H%M%S}{next(_SERIAL):08d}"
     return [{"number": number, "amount": amount, "date": (invoice_today() - timedelta(days=1)).isoformat()}]
 
 
-def _claim(category: str, amount: int, reason: str) -> dict:
-    return {"category": category, "amount": amount, "reason": reason, "invoices": _invoices(amount)}
+def claim(category: str, amount: int, reason: str) -> dict:
+    """A reimbursement's start data, backed by a fresh invoice (also used by the benchmarks)."""
+    return {"category": category, "amount": amount, "reason": reason, "invoices": invoices_for(amount)}
 
 
 def _payment(amount: int, budget_line: str, payee: str = "杭州印象广告有限公司") -> dict:
@@ -40,14 +41,14 @@ def _first_reject(visit: int) -> str:
 
 
 SCENARIOS: list[Scenario] = [
-    Scenario("报销 ≤5,000：上级→会计→出纳", "reimbursement", "suxiaoyun", _claim("办公", 1200, "采购办公用品")),
-    Scenario("报销 8,000：增加部门负责人", "reimbursement", "suxiaoyun", _claim("差旅", 8000, "上海客户拜访差旅")),
-    Scenario("报销 60,000：部门负责人+财务总监", "reimbursement", "suxiaoyun", _claim("其他", 60000, "展会搭建费")),
-    Scenario("报销 招待 3,000：增加部门负责人", "reimbursement", "suxiaoyun", _claim("招待", 3000, "客户商务宴请")),
-    Scenario("报销 会计驳回→修改重提→通过", "reimbursement", "suxiaoyun", _claim("交通", 800, "打车费"),
+    Scenario("报销 ≤5,000：上级→会计→出纳", "reimbursement", "suxiaoyun", claim("办公", 1200, "采购办公用品")),
+    Scenario("报销 8,000：增加部门负责人", "reimbursement", "suxiaoyun", claim("差旅", 8000, "上海客户拜访差旅")),
+    Scenario("报销 60,000：部门负责人+财务总监", "reimbursement", "suxiaoyun", claim("其他", 60000, "展会搭建费")),
+    Scenario("报销 招待 3,000：增加部门负责人", "reimbursement", "suxiaoyun", claim("招待", 3000, "客户商务宴请")),
+    Scenario("报销 会计驳回→修改重提→通过", "reimbursement", "suxiaoyun", claim("交通", 800, "打车费"),
              decisions={"finance_review": _first_reject},
              revisions={"applicant_revise": {"amount": 760, "reason": "打车费（已剔除个人行程）",
-                                            "invoices": _invoices(760)}}),
+                                            "invoices": invoices_for(760)}}),
     Scenario("付款 预算内：负责人→财务经理→出纳→凭证", "payment", "suxiaoyun", _payment(30000, "MKT-ADS-2026")),
     Scenario("付款 >200,000：增加总经理", "payment", "zhaoqiang", _payment(250000, "SALES-TRAVEL-2026", "国航商旅")),
     Scenario("付款 预算使用 ≥85%：预警后继续", "payment", "suxiaoyun", _payment(10000, "MKT-TRAVEL-2026")),

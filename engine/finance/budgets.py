@@ -50,13 +50,19 @@ def lock_line(session: Session, line: str) -> Budget:
 
 
 def held_by(session: Session, instance_id: str, line: str | None = None) -> dict[str, Decimal]:
-    """What an instance has reserved, per line (lines with nothing left are omitted)."""
-    session.flush()  # entries added earlier in this command count (the session does not autoflush)
+    """What an instance has reserved, per line (lines with nothing left are omitted).
+
+    Entries this command added and not yet flushed count too; summing them here instead of flushing
+    keeps the instance row from being written twice in one command."""
     stmt = (select(BudgetEntry.line, func.sum(BudgetEntry.reserved_delta))
             .where(BudgetEntry.instance_id == instance_id).group_by(BudgetEntry.line))
     if line is not None:
         stmt = stmt.where(BudgetEntry.line == line)
-    return {row_line: total for row_line, total in session.execute(stmt) if total}
+    held = {row_line: total for row_line, total in session.execute(stmt)}
+    for entry in session.new:
+        if isinstance(entry, BudgetEntry) and entry.instance_id == instance_id and line in (None, entry.line):
+            held[entry.line] = held.get(entry.line, ZERO) + entry.reserved_delta
+    return {row_line: total for row_line, total in held.items() if total}
 
 
 def reserve(session: Session, instance_id: str, line: str, amount: Decimal, actor_id: str | None) -> Reservation:
@@ -97,14 +103,16 @@ def consume(session: Session, instance_id: str, line: str, amount: Decimal, acto
     return budget
 
 
-def settle(session: Session, instance_id: str, spent: bool, actor_id: str | None, reason: str) -> None:
-    """An instance ended: an approved request's holds are spent, any other's are released."""
-    for line, held in held_by(session, instance_id).items():
+def settle(session: Session, instance_id: str, spent: bool, actor_id: str | None, reason: str) -> dict[str, Decimal]:
+    """An instance ended: an approved request's holds are spent, any other's are released; returns them."""
+    holds = held_by(session, instance_id)
+    for line, held in holds.items():
         budget = lock_line(session, line)
         if spent:
             _entry(session, budget, "consume", instance_id, actor_id, reason, used=held, reserved=-held)
         else:
             _entry(session, budget, "release", instance_id, actor_id, reason, reserved=-held)
+    return holds
 
 
 def open_line(session: Session, budget: Budget, actor_id: str | None, reason: str = "期初") -> None:

@@ -13,13 +13,13 @@ from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from engine import clock
 from engine.errors import InvalidInput
-from engine.finance.money import fmt
+from engine.finance.money import fmt, to_money
 from engine.models import Instance, InvoiceClaim
 
 LOCAL_ZONE = ZoneInfo("Asia/Shanghai")  # an invoice date is a date in China
@@ -64,18 +64,25 @@ def line_errors(field: str, invoices: list[dict[str, Any]], total: Decimal | Non
     return errors
 
 
-def claim(session: Session, instance_id: str, field: str, invoices: list[dict[str, Any]]) -> None:
-    """The instance's invoices are now exactly `invoices` (a resubmission may change them)."""
-    release(session, instance_id)
+def claim(session: Session, instance_id: str, field: str, invoices: list[dict[str, Any]], *,
+          replace: bool = False) -> None:
+    """The instance's invoices are now exactly `invoices` (`replace`: a resubmission may change them).
+
+    One insert of all rows inside a savepoint: a collision rolls back only the savepoint, and the
+    command fails with a 422 naming the invoice and the instance that holds it."""
+    if replace:
+        release(session, instance_id)
     now = clock.now()
-    for index, invoice in enumerate(invoices):
-        key = invoice_key(invoice)
-        try:
-            with session.begin_nested():
-                session.add(InvoiceClaim(invoice_key=key, instance_id=instance_id, amount=invoice["amount"],
-                                         invoice_date=date.fromisoformat(invoice["date"]), created_at=now))
-        except IntegrityError:
-            raise _already_claimed(session, key, f"{field}.{index}.number") from None
+    rows = [{"invoice_key": invoice_key(i), "instance_id": instance_id, "amount": to_money(i["amount"]),
+             "invoice_date": date.fromisoformat(i["date"]), "created_at": now} for i in invoices]
+    try:
+        with session.begin_nested():
+            session.execute(insert(InvoiceClaim), rows)
+    except IntegrityError:
+        held = set(session.scalars(select(InvoiceClaim.invoice_key).where(
+            InvoiceClaim.invoice_key.in_([r["invoice_key"] for r in rows]))))
+        index = next((n for n, r in enumerate(rows) if r["invoice_key"] in held), 0)
+        raise _already_claimed(session, rows[index]["invoice_key"], f"{field}.{index}.number") from None
 
 
 def release(session: Session, instance_id: str) -> None:

@@ -170,9 +170,46 @@ def check_process(file: str, process: etree._Element, nodes: Mapping[str, NodeIn
                   decisions: Mapping[str, str]) -> None:
     """Every finflow rule one process must satisfy, checked before SpiffWorkflow builds its spec."""
     _check_user_tasks(file, process, nodes, forms)
+    for container in (process, *process.iter(f"{{{BPMN_NS}}}subProcess")):
+        _check_reaches_an_end(file, container)
     _check_service_tasks(file, process)
     _check_business_rules(file, process, decisions)
     _check_code(file, process)
+
+
+def _check_reaches_an_end(file: str, container: etree._Element) -> None:
+    """Every element the start can reach must be able to reach an end. A loop with no way out is never
+    a process anyone means, and SpiffWorkflow, predicting the tasks ahead, would recurse without end on it
+    when an instance is created."""
+    outgoing: dict[str, set[str]] = {}
+    for flow in container.iterfind("bpmn:sequenceFlow", NS):
+        outgoing.setdefault(flow.get("sourceRef"), set()).add(flow.get("targetRef"))
+    for boundary in container.iterfind("bpmn:boundaryEvent", NS):
+        outgoing.setdefault(boundary.get("attachedToRef"), set()).add(boundary.get("id"))
+    starts = [e.get("id") for e in container.iterfind("bpmn:startEvent", NS)]
+    reachable = _closure(starts, outgoing)
+    incoming: dict[str, set[str]] = {}
+    for source, targets in outgoing.items():
+        for target in targets:
+            incoming.setdefault(target, set()).add(source)
+    ends = [node for node in reachable if not outgoing.get(node)]  # end events, and implicit ends
+    trapped = reachable - _closure(ends, incoming)
+    if trapped:
+        loop = sorted(n for n in trapped if n in _closure(outgoing.get(n, ()), outgoing)) or sorted(trapped)
+        elements = sorted((_element(container, i) for i in loop),
+                          key=lambda e: e.sourceline if isinstance(e, etree._Element) else 0)
+        raise problem(f"no path from here to an end event: {', '.join(loop)} loop without a way out, so the "
+                      "process could never finish", file, elements[0], loop=loop)
+
+
+def _closure(seeds: Iterable[str], edges: Mapping[str, set[str]]) -> set[str]:
+    seen, pending = set(), list(seeds)
+    while pending:
+        node = pending.pop()
+        if node not in seen:
+            seen.add(node)
+            pending.extend(edges.get(node, ()))
+    return seen
 
 
 def _check_user_tasks(file: str, process: etree._Element, nodes: Mapping[str, NodeInfo],

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any, TypeVar
 from uuid import UUID, uuid4
 
@@ -19,14 +20,16 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from engine import clock, operators, outbox, timers
+from engine import clock, operators, outbox
 from engine.db import jsonable
-from engine.errors import Conflict
-from engine.finance import budgets, settlement
+from engine.errors import Conflict, DeploymentInvalid
+from engine.finance import settlement
 from engine.history import Actor, HistoryRecorder
 from engine.models import HistoryEvent, Instance, InstanceCc, Task, TaskCandidate, Timer
 from engine.org.assignment import resolve_candidates
+from engine.runner import timer_schedule
 from engine.runner.duties import barred_approvers
+from engine.runner.limits import CommandBudget, EngineLimitExceeded
 from engine.runner.model import NodeInfo, ProcessModel
 from engine.runner.script_engine import FinflowScriptEngine, RestrictedEnvironment
 from engine.runner.state import dump_state, load_state
@@ -74,7 +77,11 @@ class InstanceRun:
     @classmethod
     def start(cls, session: Session, instance: Instance, model: ProcessModel, data: dict[str, Any],
               actor: Actor) -> InstanceRun:
-        workflow = BpmnWorkflow(model.spec, model.subprocess_specs, script_engine=SCRIPT_ENGINE)
+        try:
+            workflow = BpmnWorkflow(model.spec, model.subprocess_specs, script_engine=SCRIPT_ENGINE)
+        except RecursionError:  # a loop with no way out, in a version stored before deploy refused those
+            raise DeploymentInvalid(f"流程 {model.key} 无法启动：流程图中存在没有出口的循环，请修改流程定义后重新部署",
+                                    {"process_key": model.key, "version_id": model.version_id}) from None
         # Every field the start form declares is a variable, null when left out, so a diagram can ask
         # whether an optional field was filled (budget_line) instead of failing on an unknown name.
         declared = dict.fromkeys(model.form(model.start_form).get("properties", {})) if model.start_form else {}
@@ -290,21 +297,34 @@ class InstanceRun:
 
     # -- stepping -----------------------------------------------------------------------------------
 
+    @cached_property
+    def _budget(self) -> CommandBudget:
+        """The engine work this command may still do (all its steps share one budget)."""
+        return CommandBudget()
+
     def step(self) -> None:
-        while True:
-            try:
-                with operators.bound(operators.OperatorContext(self.session, self.instance.id,
-                                                               self.instance.starter_id, self._record_system)):
-                    self.workflow.do_engine_steps()
-            except SQLAlchemyError:
-                raise
-            except Exception as exc:  # a bad expression or failing service fails this instance, not the server
+        """Run the engine until it waits for people or timers, within the command's budget (limits.py):
+        every task the engine runs is a step, and so is every round (the first, and each after
+        auto-approvals), so even a loop of auto-approved user tasks ends."""
+        budget = self._budget
+        with budget.running():
+            while True:
+                try:
+                    budget.spend(self.workflow.last_task)
+                    with operators.bound(operators.OperatorContext(self.session, self.instance.id,
+                                                                   self.instance.starter_id, self._record_system)):
+                        self.workflow.do_engine_steps(did_complete_task=budget.spend)
+                except SQLAlchemyError:
+                    raise
+                except Exception as exc:
+                    # A bad expression, a failing service or a runaway diagram fails this instance, not the
+                    # server; the command then commits as usual.
+                    self._observe()
+                    self._fail(exc, node_id=exc.node_id if isinstance(exc, EngineLimitExceeded) else None)
+                    return
                 self._observe()
-                self._fail(exc)
-                return
-            self._observe()
-            if self.instance.status == "failed" or not self._run_auto_decisions():
-                break
+                if self.instance.status == "failed" or not self._run_auto_decisions():
+                    break
         if self.workflow.is_completed():
             self._finish()
 
@@ -521,8 +541,7 @@ class InstanceRun:
         self.history.record("instance.completed", {"outcome": outcome}, by_actor=False)
 
     def _settle(self, approved: bool, reason: str) -> None:
-        held = budgets.held_by(self.session, self.instance.id)
-        settlement.settle(self.session, self.instance.id, approved, self.history.actor.user_id, reason)
+        held = settlement.settle(self.session, self.instance.id, approved, self.history.actor.user_id, reason)
         for line, amount in held.items():
             self.history.record("budget.consumed" if approved else "budget.released",
                                 {"budget_line": line, "amount": str(amount), "reason": reason}, by_actor=False)
@@ -594,7 +613,7 @@ class InstanceRun:
             attached = node.properties.get("attachedToRef")
             created.append(Timer(instance_id=self.instance.id, spiff_task_id=str(task.id), node_id=node.id,
                                  attached_to=attached, interrupting=interrupting and node.kind == "boundaryEvent",
-                                 due_at=due, fire_at=timers.defer_for_quiet_hours(due) if reminder else due,
+                                 due_at=due, fire_at=timer_schedule.defer_for_quiet_hours(due) if reminder else due,
                                  status="pending"))
             if attached and interrupting:
                 self._set_due(attached, due)
@@ -602,7 +621,7 @@ class InstanceRun:
             if key not in current and timer.status == "pending":
                 timer.status = "cancelled"
         self.session.add_all(created)
-        timers.schedule_after_commit(self.session, created)  # ids are assigned by the flush in save()
+        timer_schedule.schedule_after_commit(self.session, created)  # ids are assigned by the flush in save()
 
     def _set_due(self, node_id: str, due: datetime) -> None:
         for row in self._new_tasks:

@@ -19,7 +19,7 @@ from engine.services.forms import raise_if_invalid
 
 
 def check_submission(session: Session, starter_id: str, form: dict[str, Any], data: dict[str, Any],
-                     instance_id: str) -> None:
+                     instance_id: str, *, resubmission: bool = False) -> None:
     """Refuse (422, naming the field) what the controls forbid, then claim the invoices for the instance."""
     properties = form.get("properties", {})
     for field, schema in properties.items():
@@ -32,7 +32,7 @@ def check_submission(session: Session, starter_id: str, form: dict[str, Any], da
         errors.update(invoices.line_errors(field, data[field], _total(data, rule.get("total")), invoices.today()))
     raise_if_invalid(errors, "data")
     for field, _rule in claims:
-        invoices.claim(session, instance_id, field, data[field])
+        invoices.claim(session, instance_id, field, data[field], replace=resubmission)
 
 
 def _check_budget_line(session: Session, starter_id: str, field: str, line: str) -> None:

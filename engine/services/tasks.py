@@ -29,10 +29,12 @@ def complete_task(session: Session, actor: Actor, task_id: str, action: str, com
     if action not in task.actions:
         raise InvalidInput(f"action must be one of {task.actions}", {"fields": {"action": [
             f"'{action}' is not allowed here; allowed: {', '.join(task.actions)}"]}})
+    if action != "submit":  # also for rows made before a rule applied, or by a path that missed it
+        _refuse_barred(instance, task, model, [actor.user_id], "action", "审批", Forbidden)
     form_data = validate_form(model.form(task.form_key), form_data or {}, "form_data")
     if action == "submit":  # a revised request passes the same controls as a new one
         check_submission(session, instance.starter_id, model.form(model.start_form),
-                         {**instance.data, **form_data}, instance.id)
+                         {**instance.data, **form_data}, instance.id, resubmission=True)
     run_command(session, instance, model, actor, lambda run: run.complete_user_task(task, action, comment, form_data))
     return task, instance
 
@@ -92,7 +94,7 @@ def return_task(session: Session, actor: Actor, task_id: str, to: str, reason: s
 
 
 def _refuse_barred(instance: Instance, task: Task, model: ProcessModel, users: list[str], field: str,
-                   operation: str) -> None:
+                   operation: str, error: type[InvalidInput] | type[Forbidden] = InvalidInput) -> None:
     """Nobody barred from approving the node (the applicant, an earlier approver of a distinct node) may
     be brought onto it by transfer, delegation or added signers."""
     node = model.nodes[task.node_id]
@@ -100,9 +102,9 @@ def _refuse_barred(instance: Instance, task: Task, model: ProcessModel, users: l
     refused = {u: barred[u] for u in users if u in barred}
     if refused:
         user, reason = next(iter(refused.items()))
-        raise InvalidInput(f"不能{operation}给 {user}：{reason}",
-                           {"fields": {field: [f"{u} may not approve this request: {r}" for u, r in refused.items()]}},
-                           code="segregation_of_duties")
+        message = f"{reason}，不能{operation}" if error is Forbidden else f"不能{operation}给 {user}：{reason}"
+        fields = {field: [f"{u} may not approve this request: {r}" for u, r in refused.items()]}
+        raise error(message, {"fields": fields}, code="segregation_of_duties")
 
 
 def _load_actionable(session: Session, actor: Actor, task_id: str) -> tuple[Instance, Task, ProcessModel]:
