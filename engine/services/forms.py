@@ -15,7 +15,7 @@ import jsonschema
 from jsonschema import validators
 
 from engine.errors import InvalidInput
-from engine.finance.money import MoneyError, to_money
+from engine.finance.money import MAX_AMOUNT, MoneyError, to_money
 
 Errors = dict[str, list[str]]
 
@@ -111,8 +111,8 @@ def _message(error: jsonschema.ValidationError) -> str:
         return "is required"
     if error.validator == "exclusiveMinimum":
         return f"must be greater than {error.validator_value}"
-    if error.validator == "maximum":
-        return f"must be at most {error.validator_value}"
+    if error.validator == "maximum":  # a money bound read as a float (1e+16) is NUMERIC(18, 2)'s limit
+        return f"must be at most {MAX_AMOUNT if error.schema.get('x-money') else error.validator_value}"
     if error.validator == "multipleOf":
         return f"must be a multiple of {error.validator_value} (at most 2 decimal places)"
     if error.validator == "type":
