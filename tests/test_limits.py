@@ -188,12 +188,12 @@ def while_polling_health(server: LiveServer, work: Callable[[], httpx.Response])
     worker.start()
     log = HealthLog()
     with httpx.Client(timeout=BOUND) as client:
-        time.sleep(0.2)  # let the command get going (and take its locks) first
+        time.sleep(0.1)  # let the command get going (and take its locks) first
         while worker.is_alive():
             asked = time.monotonic()
             log.statuses.append(client.get(server.url + "/api/v1/health").status_code)
             log.latencies.append(time.monotonic() - asked)
-            time.sleep(0.1)
+            time.sleep(0.05)
     worker.join()
     return done["response"], log, done["seconds"]
 
@@ -249,6 +249,7 @@ def test_self_calling_process_fails_at_the_command_time_bound_while_health_answe
 def test_gateway_loop_through_a_script_fails_at_the_step_bound_while_health_answers(server, monkeypatch):
     # Each pass is made slow (a script busy for a while) so the loop lasts long enough to poll /health.
     monkeypatch.setenv("FINFLOW_MAX_ENGINE_STEPS", "30")
+    monkeypatch.setenv("FINFLOW_SCRIPT_TIMEOUT", "10")  # a pass must not hit the script's own limit on a busy machine
     deploy_files(**{"script_loop.bpmn": SCRIPT_LOOP.format(script="n = n + 1\nfor i in range(900000):\n    pass")})
     response, health, seconds = while_polling_health(server, lambda: server.start("script_loop", {"n": 0}))
     body = response.json()
