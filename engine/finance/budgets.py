@@ -65,12 +65,13 @@ def held_by(session: Session, instance_id: str, line: str | None = None) -> dict
     return {row_line: total for row_line, total in held.items() if total}
 
 
-def reserve(session: Session, instance_id: str, line: str, amount: Decimal, actor_id: str | None) -> Reservation:
-    """Check the line and hold `amount` for the instance; a repeated check (a resubmission) moves the
-    instance's reservation to the new amount. Not enough left: nothing is held, the old hold is released."""
-    release_except(session, instance_id, line, actor_id, "预算科目已更换，释放原科目占用")
-    budget = lock_line(session, line)
-    held = held_by(session, instance_id, line).get(line, ZERO)
+def reserve(session: Session, instance_id: str, budget: Budget, amount: Decimal, actor_id: str | None) -> Reservation:
+    """Check the line (locked by the caller with `lock_line`) and hold `amount` for the instance; a repeated
+    check (a resubmission) moves the instance's reservation to the new amount, and off any other line it
+    held before. Not enough left: nothing is held, the old hold is released."""
+    holds = held_by(session, instance_id)
+    held = holds.pop(budget.line, ZERO)
+    _release(session, instance_id, holds, actor_id, "预算科目已更换，释放原科目占用")
     room = budget.available + held
     if amount <= room:
         if amount != held:
@@ -84,11 +85,15 @@ def reserve(session: Session, instance_id: str, line: str, amount: Decimal, acto
     return Reservation(False, budget, amount, ZERO, reason)
 
 
-def release_except(session: Session, instance_id: str, line: str | None, actor_id: str | None, reason: str) -> None:
-    """Release what the instance holds on every line but `line` (a revised request may change its line)."""
-    for other, held in held_by(session, instance_id).items():
-        if other != line:
-            _entry(session, lock_line(session, other), "release", instance_id, actor_id, reason, reserved=-held)
+def release_all(session: Session, instance_id: str, actor_id: str | None, reason: str) -> None:
+    """Release whatever the instance holds (its request now charges no line it may use)."""
+    _release(session, instance_id, held_by(session, instance_id), actor_id, reason)
+
+
+def _release(session: Session, instance_id: str, holds: dict[str, Decimal], actor_id: str | None,
+             reason: str) -> None:
+    for line, held in holds.items():
+        _entry(session, lock_line(session, line), "release", instance_id, actor_id, reason, reserved=-held)
 
 
 def consume(session: Session, instance_id: str, line: str, amount: Decimal, actor_id: str | None,
@@ -106,12 +111,11 @@ def consume(session: Session, instance_id: str, line: str, amount: Decimal, acto
 def settle(session: Session, instance_id: str, spent: bool, actor_id: str | None, reason: str) -> dict[str, Decimal]:
     """An instance ended: an approved request's holds are spent, any other's are released; returns them."""
     holds = held_by(session, instance_id)
+    if not spent:
+        _release(session, instance_id, holds, actor_id, reason)
+        return holds
     for line, held in holds.items():
-        budget = lock_line(session, line)
-        if spent:
-            _entry(session, budget, "consume", instance_id, actor_id, reason, used=held, reserved=-held)
-        else:
-            _entry(session, budget, "release", instance_id, actor_id, reason, reserved=-held)
+        _entry(session, lock_line(session, line), "consume", instance_id, actor_id, reason, used=held, reserved=-held)
     return holds
 
 

@@ -25,7 +25,7 @@ def warning_ratio() -> Decimal:
 def budget_check(ctx: OperatorContext, budget_line: str | None, amount: Any) -> dict[str, Any]:
     requested = to_money(amount)
     if not budget_line:  # a reimbursement charged to no line: nothing to check, nothing held
-        budgets.release_except(ctx.session, ctx.instance_id, None, ctx.starter_id, "未填写预算科目，释放原占用")
+        budgets.release_all(ctx.session, ctx.instance_id, ctx.starter_id, "未填写预算科目，释放原占用")
         return {"approved": True, "budget_line": None, "usage_ratio": None, "warning": False, "reason": ""}
     try:
         budget = budgets.lock_line(ctx.session, budget_line)
@@ -33,10 +33,10 @@ def budget_check(ctx: OperatorContext, budget_line: str | None, amount: Any) -> 
         return {"approved": False, "reason": str(exc), "usage_ratio": None, "warning": False}
     starter = ctx.session.get(User, ctx.starter_id)
     if starter is None or not budgets.may_charge(ctx.session, starter, budget):
-        budgets.settle(ctx.session, ctx.instance_id, False, None, "无权使用该预算科目，释放原占用")
+        budgets.release_all(ctx.session, ctx.instance_id, None, "无权使用该预算科目，释放原占用")
         return {"approved": False, "budget_line": budget.line, "usage_ratio": None, "warning": False,
                 "reason": f"申请人所在部门不能使用预算科目 {budget.line}（{budget.name}）"}
-    result = budgets.reserve(ctx.session, ctx.instance_id, budget_line, requested, ctx.starter_id)
+    result = budgets.reserve(ctx.session, ctx.instance_id, budget, requested, ctx.starter_id)
     ratio = result.usage_ratio
     warning = result.approved and ratio is not None and ratio >= warning_ratio()
     view = {
