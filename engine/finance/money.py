@@ -6,6 +6,7 @@ where it enters, never rounded or truncated on the way in.
 
 from __future__ import annotations
 
+import math
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -34,6 +35,14 @@ def to_money(value: Any) -> Decimal:
     if amount != amount.quantize(CENT, rounding="ROUND_DOWN"):
         raise MoneyError("must have at most 2 decimal places")
     return amount.quantize(CENT)
+
+
+def is_finite_number(value: Any) -> bool:
+    """False for NaN and ±Infinity (float or Decimal), True for everything else: every comparison with NaN
+    is false, so such a value must be refused before any rule compares with it."""
+    if isinstance(value, Decimal):
+        return value.is_finite()
+    return not isinstance(value, float) or math.isfinite(value)
 
 
 def fmt(amount: Decimal) -> str:

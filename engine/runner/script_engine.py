@@ -47,6 +47,7 @@ from SpiffWorkflow.bpmn.exceptions import WorkflowTaskException
 from SpiffWorkflow.bpmn.script_engine import PythonScriptEngine
 from SpiffWorkflow.bpmn.script_engine.python_environment import BasePythonScriptEngineEnvironment
 
+from engine.finance.money import is_finite_number
 from engine.runner.limits import CommandBudget, ScriptLimitExceeded, ScriptLimits, current_budget
 
 
@@ -546,17 +547,11 @@ class NonFiniteNumber(ValueError):
     the data could silently skip a rule or an approval; the instance fails instead, naming the source."""
 
 
-def _finite(value) -> bool:
-    if isinstance(value, Decimal):
-        return value.is_finite()
-    return not isinstance(value, float) or math.isfinite(value)
-
-
 def _refuse_non_finite(values, source: str) -> None:
     pending = list(values)
     while pending:
         value = pending.pop()
-        if not _finite(value):
+        if not is_finite_number(value):
             raise NonFiniteNumber(f"{source} 产生了非有限数值 {value}（NaN/Infinity 不能参与比较或作为金额）")
         if isinstance(value, dict):
             pending.extend(value.values())

@@ -15,7 +15,7 @@ import jsonschema
 from jsonschema import validators
 
 from engine.errors import InvalidInput
-from engine.finance.money import MAX_AMOUNT, MoneyError, to_money
+from engine.finance.money import MAX_AMOUNT, MoneyError, is_finite_number, to_money
 
 Errors = dict[str, list[str]]
 
@@ -46,9 +46,8 @@ def field_name(path) -> str:
 
 
 def _find_non_finite(value: Any, path: tuple, errors: Errors) -> None:
-    if isinstance(value, Decimal | float) and not isinstance(value, bool):
-        if not (value.is_finite() if isinstance(value, Decimal) else value == value and abs(value) != float("inf")):
-            errors.setdefault(field_name(path), []).append("must be a finite number (NaN and Infinity are not numbers)")
+    if not is_finite_number(value):
+        errors.setdefault(field_name(path), []).append("must be a finite number (NaN and Infinity are not numbers)")
     elif isinstance(value, dict):
         for key, item in value.items():
             _find_non_finite(item, (*path, key), errors)
