@@ -138,12 +138,12 @@ def serve(host: str, port: int, threads: int) -> None:
     from api import create_app
     from engine.outbox.dispatch import redis_url
     from engine.outbox.sweeper import SweeperThread
-    from engine.outbox.worker import PERIODIC
+    from engine.outbox.worker import periodic
 
     app = create_app()
     sweeper = None
     if redis_url() is None:  # embedded mode: no worker runs retries or timers, so this process does
-        sweeper = SweeperThread(work=PERIODIC)
+        sweeper = SweeperThread(work=periodic())
         sweeper.start()
         click.echo("embedded mode (no REDIS_URL): side effects and timers run in this process")
     click.echo(f"finflow API on http://{host}:{port}/api/v1 (OpenAPI: /api/v1/openapi.json)")

@@ -43,6 +43,7 @@ class Subscription:
 
 
 _SUBSCRIPTIONS: dict[str, Subscription] = {}
+_PERIODIC: dict[str, Callable[[str | None], object]] = {}
 
 
 def subscribe(name: str, event_types: set[str] | frozenset[str], queue: str, handler: Callable[..., Any], *,
@@ -64,3 +65,15 @@ def subscription(name: str) -> Subscription | None:
 
 def subscriptions_for(event_type: str) -> list[Subscription]:
     return [s for s in _SUBSCRIPTIONS.values() if s.matches(event_type)]
+
+
+def every_sweep(name: str, work: Callable[[str | None], object]) -> None:
+    """Run `work(database_url)` on every sweep interval, beside the outbox sweep and due timers: in every
+    worker and in an embedded API process (e.g. an adapter re-queueing callbacks whose job was lost, or a
+    nightly sync that checks whether it is due). It must be cheap when there is nothing to do and safe
+    when several workers run it at once. Registered again under the same name, it is replaced."""
+    _PERIODIC[name] = work
+
+
+def periodic_work() -> list[Callable[[str | None], object]]:
+    return list(_PERIODIC.values())

@@ -26,7 +26,7 @@ from redis import Redis
 from redis.exceptions import RedisError
 from rq import SimpleWorker
 
-from engine import timers
+from engine import events, timers
 from engine.events import QUEUES
 from engine.outbox.policy import Policy
 from engine.outbox.sweeper import SweeperThread, sweep
@@ -38,10 +38,15 @@ STABLE_SECONDS = 300  # a work loop that ran this long resets the restart delays
 PERIODIC = (sweep, timers.fire_due)  # what workers (and an embedded API process) do every sweep interval
 
 
+def periodic() -> tuple:
+    """PERIODIC plus what the loaded adapters registered (engine.events.every_sweep)."""
+    return (*PERIODIC, *events.periodic_work())
+
+
 class OutboxWorker(SimpleWorker):
     def __init__(self, *args, sweep_interval: float | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.sweeper = SweeperThread(sweep_interval, work=PERIODIC)
+        self.sweeper = SweeperThread(sweep_interval, work=periodic())
         self.stop_requested = threading.Event()
 
     def request_stop(self, signum, frame):
@@ -70,7 +75,7 @@ def run(redis_url: str, queues: Sequence[str] = QUEUES, *, burst: bool = False,
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         if burst:
-            for task in PERIODIC:
+            for task in periodic():
                 task(None)
             return SimpleWorker(list(queues), connection=connection).work(burst=True, with_scheduler=True)
         return _work_until_stopped(connection, queues, sweep_interval)
