@@ -73,7 +73,7 @@ def receive() -> Response:
         body = request.stream.read(MAX_BODY + 1)
         args = request.args
         event = fields(_crypt(config).open(body, args.get("msg_signature"), args.get("timestamp"), args.get("nonce")))
-        callback_id = _store(event)
+        callback_id = _store(event, request.remote_addr)
     except CallbackRejected as exc:
         log.warning("wecom callback: rejected from %s: %s", request.remote_addr, exc)
     except Exception:  # the database or anything else: WeCom must still get its quick, empty answer
@@ -100,10 +100,12 @@ def dedupe_key(event: dict[str, str]) -> str:
     return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
 
-def _store(event: dict[str, str]) -> int | None:
-    """Insert the event once; the new row's id, or None when it was already there (a retry)."""
+def _store(event: dict[str, str], client_ip: str | None) -> int | None:
+    """Insert the event once; the new row's id, or None when it was already there (a retry). The
+    sender's address travels in the payload as `_client_ip` (history records where a click came from)."""
     values = {"dedupe_key": dedupe_key(event), "kind": kind_of(event),
-              "from_user": (event.get("FromUserName") or "")[:64] or None, "payload": event,
+              "from_user": (event.get("FromUserName") or "")[:64] or None,
+              "payload": {**event, "_client_ip": client_ip},
               "status": "received", "attempts": 0, "received_at": clock.now()}
     with transaction() as session:
         statement = _insert_ignoring_duplicates(session).values(**values).returning(WeComCallback.id)
@@ -127,6 +129,14 @@ def hand_over(callback_id: int, database_url: str | None = None) -> bool:
         log.warning("wecom callback %s: could not queue it, left for the periodic re-queue: %s", callback_id, exc)
         return False
     return True
+
+
+def register() -> None:
+    """The periodic re-queue, in every worker and the embedded API process (called from the adapter's
+    load() and from adapters.blueprints)."""
+    from engine import events
+
+    events.every_sweep("wecom.callbacks_requeue", requeue_stale)
 
 
 def requeue_stale(database_url: str | None = None) -> int:
