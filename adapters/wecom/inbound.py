@@ -50,6 +50,7 @@ def apply(callback_id: int, database_url: str | None = None) -> str:
             row = _lock_received(session, callback_id)
             if row is None:
                 return _status(database_url, callback_id)
+            event = dict(row.payload)
             outcome = _apply(session, row)
             _finish(row, outcome)
     except FinflowError as refusal:  # complete_task refused: its transaction is gone, record the refusal
@@ -57,10 +58,10 @@ def apply(callback_id: int, database_url: str | None = None) -> str:
             row = _lock_received(session, callback_id)
             if row is None:
                 return _status(database_url, callback_id)
+            event = dict(row.payload)
             outcome = _refused(session, row, refusal)
             _finish(row, outcome)
-    _update_card(row_payload := dict(row.payload), outcome, callback_id)
-    del row_payload
+    _update_card(event, outcome, callback_id)  # after the commit: no transaction open during the HTTP call
     return outcome.status
 
 
