@@ -11,9 +11,9 @@ from engine.services import sessions
 SESSION_COOKIE = "ff_session"
 
 
-def page(template: str, status: int = 200, **context) -> Response:
+def page(template: str, http_status: int = 200, **context) -> Response:
     """A rendered page, never cached (it shows someone's tasks) and never framed."""
-    response = Response(render_template(template, **context), status=status, mimetype="text/html")
+    response = Response(render_template(template, **context), status=http_status, mimetype="text/html")
     response.headers["Cache-Control"] = "no-store"
     response.headers["X-Frame-Options"] = "DENY"
     response.headers["Content-Security-Policy"] = "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'"

@@ -74,7 +74,7 @@ def names(session: Session, ids: set[str]) -> dict[str, str]:
     ids = {i for i in ids if i}
     if not ids:
         return {}
-    return dict(session.execute(select(User.id, User.name).where(User.id.in_(ids))).tuples())
+    return {user_id: name for user_id, name in session.execute(select(User.id, User.name).where(User.id.in_(ids)))}
 
 
 def local_time(moment: datetime | None) -> str:
