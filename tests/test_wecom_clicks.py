@@ -194,3 +194,27 @@ def test_ack_latency_is_measured(live_finflow, wecom):
           f"p99 {samples[int(len(samples) * 0.99) - 1] * 1000:.1f} ms, max {samples[-1] * 1000:.1f} ms")
     with transaction() as session:
         assert session.scalar(select(func.count()).select_from(WeComCallback)) == 40
+
+
+def test_a_crash_half_way_loses_no_click_and_decides_once(live_finflow, wecom, monkeypatch):
+    from adapters.wecom import callback, inbound
+
+    iid = start("reimbursement", STARTER, claim("办公", 1200))
+    task = ready(iid)[0]
+    real = inbound.complete_task
+
+    def crash(*args, **kwargs):
+        real(*args, **kwargs)
+        raise RuntimeError("worker killed after the decision, before the commit")
+
+    monkeypatch.setattr(inbound, "complete_task", crash)
+    click(wecom, task.candidates[0], task, "approve")
+    assert [c.status for c in callbacks()] == ["received"] and not decisions(iid)  # rolled back, kept
+    monkeypatch.setattr(inbound, "complete_task", real)
+    clock.advance(callback.REQUEUE_AFTER * 2)
+    assert callback.requeue_stale() == 1
+    dispatch.drain_background()
+    assert callback.requeue_stale() == 0  # applied: nothing left to re-queue
+    assert [c.status for c in callbacks()] == ["applied"] and len(decisions(iid)) == 1
+    assert inbound.apply(callbacks()[0].id) == "applied"  # a late duplicate job: no second decision
+    assert len(decisions(iid)) == 1

@@ -32,6 +32,7 @@ from engine.services.tasks import complete_task, record_refused_action
 log = logging.getLogger("finflow.wecom.inbound")
 ACTIONS = ("approve", "reject")
 NOT_ALLOWED = "无权处理"
+MAX_ATTEMPTS = 5
 
 
 @dataclass
@@ -45,6 +46,8 @@ class Outcome:
 
 def apply(callback_id: int, database_url: str | None = None) -> str:
     """Apply one stored callback once; returns the row's status afterwards. Safe to run again."""
+    if not _count_attempt(callback_id, database_url):
+        return _status(database_url, callback_id)
     try:
         with transaction(database_url) as session:
             row = _lock_received(session, callback_id)
@@ -69,8 +72,21 @@ def _lock_received(session: Session, callback_id: int) -> WeComCallback | None:
     row = session.scalar(select(WeComCallback).where(WeComCallback.id == callback_id).with_for_update())
     if row is None or row.status != "received":
         return None
-    row.attempts += 1
     return row
+
+
+def _count_attempt(callback_id: int, database_url: str | None) -> bool:
+    """Count this run in its own transaction (a crash below rolls back everything else); a callback whose
+    runs crashed MAX_ATTEMPTS times is marked failed instead of being re-queued for ever. False: not to run."""
+    with transaction(database_url) as session:
+        row = _lock_received(session, callback_id)
+        if row is None:
+            return False
+        row.attempts += 1
+        if row.attempts > MAX_ATTEMPTS:
+            _finish(row, Outcome("failed", f"gave up after {MAX_ATTEMPTS} attempts that did not finish"))
+            return False
+    return True
 
 
 def _status(database_url: str | None, callback_id: int) -> str:
@@ -106,7 +122,7 @@ def _click(session: Session, event: dict[str, str]) -> Outcome:
         return _refuse(session, card.task_id, user_id, action, "not an active finflow user")
     if card.user_id == user_id and event.get("ResponseCode"):
         card.response_code = event["ResponseCode"]  # the card sender updates this card with it afterwards
-    complete_task(session, Actor(user_id, "wecom", None, "WeCom"), task_id, action)
+    complete_task(session, Actor(user_id, "wecom", event.get("_client_ip"), "WeCom"), task_id, action)
     return Outcome("applied", f"{action} task {task_id}")
 
 
@@ -154,7 +170,8 @@ def _change_contact(session: Session, event: dict[str, str]) -> Outcome:
         return Outcome("failed", "org sync is not installed (adapters.wecom.sync.apply_change)")
     from engine.db import database_url
 
-    return Outcome("applied", str(apply_change(event, database_url(session)))[:2000])
+    fields = {k: v for k, v in event.items() if not k.startswith("_")}  # callback.py's own keys (_client_ip)
+    return Outcome("applied", str(apply_change(fields, database_url(session)))[:2000])
 
 
 def _update_card(event: dict[str, str], outcome: Outcome, callback_id: int) -> None:

@@ -8,6 +8,9 @@ channel "web", as the REST API's does; engine errors become a Chinese message on
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import wraps
 from urllib.parse import quote
 
 from flask import Response, redirect, request
@@ -29,46 +32,59 @@ MAX_COMMENT = 2000
 ID_CHARS = 36
 
 
+@dataclass(frozen=True)
+class Login:
+    user_id: str
+    csrf: str
+
+
+def logged_in(view: Callable[..., Response]) -> Callable[..., Response]:
+    """Resolve the browser's session first (its own short transaction); none → the login or a page saying
+    to open the link from WeCom. The view gets `login` and opens its own transactions."""
+
+    @wraps(view)
+    def wrapper(**kwargs) -> Response:
+        with transaction(readonly=True) as session:
+            found = current_login(session)
+            login = Login(found[0].id, found[1].csrf_token) if found else None
+        return _login_first() if login is None else view(login, **kwargs)
+
+    return wrapper
+
+
 @blp.get("/m/tasks/<task_id>")
-def task_page(task_id: str) -> Response:
-    with transaction() as session:
-        login = current_login(session)
-        if login is None:
-            return _login_first()
-        return _render_task(session, login[0], task_id[:ID_CHARS], login[1].csrf_token)
+@logged_in
+def task_page(login: Login, task_id: str) -> Response:
+    with transaction(readonly=True) as session:
+        return _render_task(session, session.get(User, login.user_id), task_id[:ID_CHARS], login.csrf)
 
 
 @blp.post("/m/tasks/<task_id>")
-def decide(task_id: str) -> Response:
+@logged_in
+def decide(login: Login, task_id: str) -> Response:
     task_id = task_id[:ID_CHARS]
     action, comment = request.form.get("action", ""), (request.form.get("comment") or "").strip()[:MAX_COMMENT]
-    with transaction() as session:
-        login = current_login(session)
-        if login is None:
-            return _login_first()
-        user, web = login
-        if not hmac.compare_digest(request.form.get("csrf", ""), web.csrf_token):
-            return error_page("操作失败", "页面已过期，请刷新后重试。", 403)
-        if action not in ("approve", "reject"):
-            return error_page("操作失败", "请选择同意或驳回。", 400)
-    actor = Actor(user.id, "web", request.remote_addr, (request.headers.get("User-Agent") or "")[:255])
+    if not hmac.compare_digest(request.form.get("csrf", ""), login.csrf):
+        return error_page("操作失败", "页面已过期，请刷新后重试。", 403)
+    if action not in ("approve", "reject"):
+        return error_page("操作失败", "请选择同意或驳回。", 400)
+    actor = Actor(login.user_id, "web", request.remote_addr, (request.headers.get("User-Agent") or "")[:255])
     try:
         with transaction() as session:
             complete_task(session, actor, task_id, action, comment or None)
     except FinflowError as exc:
-        with transaction() as session:
-            return _render_task(session, session.get(User, user.id), task_id, web.csrf_token, exc.message, exc.status)
+        with transaction(readonly=True) as session:
+            return _render_task(session, session.get(User, login.user_id), task_id, login.csrf, exc.message,
+                                exc.status)
     return redirect(f"/m/tasks/{quote(task_id)}", code=303)
 
 
 @blp.get("/m/instances/<instance_id>")
-def instance_page(instance_id: str) -> Response:
-    with transaction() as session:
-        login = current_login(session)
-        if login is None:
-            return _login_first()
+@logged_in
+def instance_page(login: Login, instance_id: str) -> Response:
+    with transaction(readonly=True) as session:
         try:
-            instance = get_instance(session, login[0], instance_id[:ID_CHARS])
+            instance = get_instance(session, session.get(User, login.user_id), instance_id[:ID_CHARS])
         except FinflowError as exc:
             return error_page("无法查看", exc.message, exc.status)
         return page("instance.html", **_instance_context(session, instance))
