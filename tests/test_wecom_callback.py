@@ -137,6 +137,7 @@ def hostile_callbacks() -> list[tuple[str, bytes, dict | None]]:
         ("wrong corp id", other_corp.encode(), None),
         ("truncated", good.encode()[: len(good) // 2], params),
         ("oversized", b"<xml><Encrypt>" + b"A" * (70 * 1024) + b"</Encrypt></xml>", params),
+        ("beyond the API's body limit", b"<xml><Encrypt>" + b"A" * (2 * 1024 * 1024) + b"</Encrypt></xml>", params),
         ("not XML", b"hello, finflow", params),
         ("empty", b"", params),
         ("JSON", b'{"Encrypt": "x"}', params),

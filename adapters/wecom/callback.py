@@ -70,6 +70,8 @@ def receive() -> Response:
     """An event POST: verify, store once, queue, answer 200 "" — never anything else."""
     config = _config()
     try:
+        if (request.content_length or 0) > MAX_BODY:
+            raise CallbackRejected(f"body of {request.content_length} bytes is too large")
         body = request.stream.read(MAX_BODY + 1)
         args = request.args
         event = fields(_crypt(config).open(body, args.get("msg_signature"), args.get("timestamp"), args.get("nonce")))
