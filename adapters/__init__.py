@@ -35,3 +35,13 @@ def cli_commands() -> list:
     from adapters.events.cli import events
 
     return [events]
+
+
+def blueprints() -> list:
+    """The adapters' plain Flask blueprints (no bearer token, not in the OpenAPI document): WeCom's
+    callback and OAuth2 login, and the approver page the WeCom cards link to. Registered by create_app."""
+    from adapters.wecom import callback, oauth
+    from api.web import blp as web
+
+    callback.register()
+    return [callback.blp, oauth.blp, web]

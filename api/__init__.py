@@ -38,6 +38,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     for module in (health, definitions, instances, tasks, notifications, budgets, admin, events, deliveries):
         api.register_blueprint(module.blp, url_prefix=openapi.PREFIX)
+    for blueprint in adapters.blueprints():  # WeCom callback/OAuth2 and the approver page (/m/…)
+        app.register_blueprint(blueprint)
     guards.register(app)
     register_error_handlers(app)
     adapters.load_all()  # the API records events: their subscribers must be known here (see adapters/)

@@ -27,6 +27,8 @@ EVENT_TYPES: dict[str, str] = {
     "task.candidates_excluded": "people the assignment named who may not approve this request (the applicant, "
                                 "an earlier approver of a distinct node), with the reason",
     "task.activated": "a waiting task's turn came (依次审批, 加签)",
+    "task.action_refused": "someone tried to act on a task and was refused (a WeCom click by a non-candidate, "
+                           "on a finished task); `reason`, `user`, `action`",
     "task.completed": "someone acted on a task; `action` is approve / reject / submit",
     "task.cancelled": "a task closed without a decision (rejected elsewhere, returned, withdrawn)",
     "task.transferred": "转办: the task now belongs to someone else",

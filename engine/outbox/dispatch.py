@@ -125,6 +125,18 @@ def enqueue(rows: Sequence[Row], db_url: str | None = None) -> list[int]:
     return handed
 
 
+def run_job(queue_name: str, func: str, *args: Any, db_url: str | None = None) -> None:
+    """Run `func` (a dotted path, so workers import it) with `args` on a queue, off the caller's thread:
+    an rq job over Redis, a background thread in embedded mode (where `db_url` is appended to the
+    arguments; over Redis the worker uses the database it is configured with). For adapters that must
+    answer fast and do the work later (a WeCom callback). Raises RedisError/OSError if Redis refuses."""
+    url = redis_url()
+    if url is None:
+        _in_background(queue(queue_name, None).enqueue, func, *args, db_url, result_ttl=0)
+        return
+    queue(queue_name, url).enqueue(func, *args, result_ttl=0, failure_ttl=FAILED_JOB_TTL)
+
+
 def _in_background(fn, *args, **kwargs) -> None:
     global _background
     with _background_lock:

@@ -93,6 +93,19 @@ def return_task(session: Session, actor: Actor, task_id: str, to: str, reason: s
     return instance
 
 
+def record_refused_action(session: Session, actor: Actor, task_id: str, reason: str,
+                          action: str | None = None) -> None:
+    """History of an attempt to act that was refused (a WeCom click by someone who may not act): the
+    instance is locked and the event goes through the runner's history path, so its seq and outbox row
+    are in order with every other event. Nothing else changes. Unknown task → NotFound."""
+    instance, content_hash = _lock_instance(session, task_id)
+    task = session.get(Task, task_id)
+    model = model_for(session, instance.version_id, content_hash)
+    payload = {"reason": reason, "user": actor.user_id, "action": action}
+    run_command(session, instance, model, actor,
+                lambda run: run.history.record("task.action_refused", payload, task_id=task.id, node_id=task.node_id))
+
+
 def _refuse_barred(instance: Instance, task: Task, model: ProcessModel, users: list[str], field: str,
                    operation: str, error: type[InvalidInput] | type[Forbidden] = InvalidInput) -> None:
     """Nobody barred from approving the node (the applicant, an earlier approver of a distinct node) may
@@ -107,8 +120,8 @@ def _refuse_barred(instance: Instance, task: Task, model: ProcessModel, users: l
         raise error(message, {"fields": fields}, code="segregation_of_duties")
 
 
-def _load_actionable(session: Session, actor: Actor, task_id: str) -> tuple[Instance, Task, ProcessModel]:
-    """Lock the task's instance, then check the caller may act on the task now."""
+def _lock_instance(session: Session, task_id: str) -> tuple[Instance, str]:
+    """The task's instance, locked for this transaction, and its version's content hash."""
     locked = session.execute(
         select(Instance, ProcessVersion.content_hash).join(Task, Task.instance_id == Instance.id)
         .join(ProcessVersion, ProcessVersion.id == Instance.version_id).where(Task.id == task_id)
@@ -116,6 +129,12 @@ def _load_actionable(session: Session, actor: Actor, task_id: str) -> tuple[Inst
     if locked is None:
         raise NotFound(f"任务 {task_id} 不存在", {"task_id": task_id})
     instance, content_hash = locked
+    return instance, content_hash
+
+
+def _load_actionable(session: Session, actor: Actor, task_id: str) -> tuple[Instance, Task, ProcessModel]:
+    """Lock the task's instance, then check the caller may act on the task now."""
+    instance, content_hash = _lock_instance(session, task_id)
     task = session.get(Task, task_id, populate_existing=True)  # read after the lock: the current status
     if task.status in ("completed", "cancelled"):
         raise Conflict(f"任务「{task.name}」已{'处理' if task.status == 'completed' else '取消'}，不能重复操作",
