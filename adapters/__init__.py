@@ -33,8 +33,9 @@ def cli_commands() -> list:
     """The adapters' click command groups for `finflow` (`events`), imported on call so the engine's CLI
     can add them without importing adapters at module level, and `import adapters` stays light."""
     from adapters.events.cli import events
+    from adapters.wecom.cli import wecom
 
-    return [events]
+    return [events, wecom]
 
 
 def blueprints() -> list:

@@ -185,7 +185,17 @@ def up(ctx: click.Context, then_serve: bool) -> None:
     tokens.write_text("\n".join(lines) + "\n", encoding="utf-8")
     click.echo(f"{len(lines)} demo API tokens written to {tokens}, one `user token` per line (e.g. {lines[0]})")
     if then_serve:
+        _start_wecom_simulator()
         ctx.invoke(serve)
+
+
+def _start_wecom_simulator() -> None:
+    """Without a real WeCom corp configured, the demo gets a simulated one (adapters/wecom/simulator)."""
+    from adapters.wecom.simulator.cli import start_for_demo
+
+    sim = start_for_demo(int(os.environ.get("FINFLOW_PORT", "8000")))
+    if sim is not None:
+        click.echo(f"WeCom simulator: {sim.url}/ (每个演示用户的企业微信消息：卡片、催办、结果)")
 
 
 def _demo_tokens() -> list[str]:

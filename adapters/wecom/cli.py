@@ -8,3 +8,12 @@ import click
 @click.group()
 def wecom() -> None:
     """WeCom (企业微信): simulator, org sync."""
+
+
+def _add_simulator() -> None:
+    from adapters.wecom.simulator.cli import simulator
+
+    wecom.add_command(simulator)
+
+
+_add_simulator()
