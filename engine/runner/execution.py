@@ -253,7 +253,8 @@ class InstanceRun:
             users = resolve_candidates(self.session, f"role({target})" if kind == "role" else target,
                                        self.instance.starter_id, data)
         users = users or resolve_candidates(self.session, "role(admin)", self.instance.starter_id, data)
-        barred = barred_approvers(node, self.instance.starter_id, data, {n.id: n.name for n in self.model.nodes.values()})
+        names = {n.id: n.name for n in self.model.nodes.values()}
+        barred = barred_approvers(node, self.instance.starter_id, data, names)
         return [u for u in users if u not in barred]
 
     def _after_row_closed(self, row: Task, node: NodeInfo, reason: str) -> None:

@@ -30,7 +30,8 @@ def deactivate_users(session: Session, user_ids: list[str], actor: Actor,
     session.flush()
     by_instance: dict[str, list[tuple[str, str]]] = defaultdict(list)
     for task_id, instance_id, user_id in session.execute(
-            select(Task.id, Task.instance_id, TaskCandidate.user_id).join(TaskCandidate, TaskCandidate.task_id == Task.id)
+            select(Task.id, Task.instance_id, TaskCandidate.user_id)
+            .join(TaskCandidate, TaskCandidate.task_id == Task.id)
             .where(TaskCandidate.user_id.in_(user_ids), Task.status.in_(["ready", "waiting"]))
             .order_by(Task.instance_id, Task.position)):
         by_instance[instance_id].append((task_id, user_id))
