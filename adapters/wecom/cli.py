@@ -8,3 +8,12 @@ import click
 @click.group()
 def wecom() -> None:
     """WeCom (企业微信): simulator, org sync."""
+
+
+def _add_sync() -> None:
+    from adapters.wecom.sync_cli import sync
+
+    wecom.add_command(sync)
+
+
+_add_sync()
