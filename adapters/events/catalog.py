@@ -39,6 +39,8 @@ EVENT_TYPES: dict[str, str] = {
     "task.urged": "催办: the applicant urged the approvers",
     "task.reminded": "a reminder timer fired",
     "task.escalated": "the task went to another role (timeout, or nobody to approve)",
+    "task.reassigned": "a candidate may no longer approve (left, disabled in WeCom): `user` was taken off, "
+                       "`candidates` hold the task now (the node's on_empty rule when nobody was left)",
     "task.auto_approved": "a node was approved without a person (same approver again, nobody and skip)",
     "timer.fired": "a BPMN timer fired",
     "node.completed": "an automatic node completed",

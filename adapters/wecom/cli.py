@@ -10,10 +10,12 @@ def wecom() -> None:
     """WeCom (企业微信): simulator, org sync."""
 
 
-def _add_simulator() -> None:
+def _add_commands() -> None:
     from adapters.wecom.simulator.cli import simulator
+    from adapters.wecom.sync_cli import sync
 
     wecom.add_command(simulator)
+    wecom.add_command(sync)
 
 
-_add_simulator()
+_add_commands()

@@ -84,3 +84,4 @@ class WeComSyncRun(Base):
     error: Mapped[str | None] = mapped_column(Text)
     started_at: Mapped[datetime] = mapped_column(UtcDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    slot: Mapped[str | None] = mapped_column(String(32), unique=True)  # nightly:<date>: one claim per night

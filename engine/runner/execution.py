@@ -221,6 +221,51 @@ class InstanceRun:
 
     # -- rows of a node -----------------------------------------------------------------------------
 
+    def release_candidate(self, row: Task, user_id: str, reason: str) -> list[str]:
+        """Take a person who may no longer approve (left the company, disabled) off an open row: an or-sign
+        keeps its other candidates; a row left empty follows the node's `finflow.on_empty` rule (role:/assign:
+        reassign, skip cancels the row, fail — the default — hands it to the admins). Returns the row's
+        candidates afterwards ([] when it was closed)."""
+        row.pending_after = [u for u in row.pending_after if u != user_id]
+        if user_id not in row.candidates:
+            return list(row.candidates)
+        node = self.model.nodes[row.node_id]
+        users = [c for c in row.candidates if c != user_id] or self._fallback_candidates(node, row)
+        if not users:
+            self._cancel_rows([row], reason)
+            self._after_row_closed(row, node, reason)
+            return []
+        self._reassign(row, users)
+        self.history.record("task.reassigned", {"user": user_id, "reason": reason, "candidates": users},
+                            task_id=row.id, node_id=row.node_id)  # by whoever deactivated the user (sync, admin)
+        return users
+
+    def _fallback_candidates(self, node: NodeInfo, row: Task) -> list[str]:
+        """Who gets a row nobody is left on: the node's on_empty target, else the admins ([] for skip)."""
+        rule = node.on_empty
+        if rule == "skip":
+            return []
+        spiff_task = self._task(UUID(row.spiff_task_id))
+        data = spiff_task.data if spiff_task is not None else {}
+        users: list[str] = []
+        if rule.startswith(("role:", "assign:")):
+            kind, _, target = rule.partition(":")
+            users = resolve_candidates(self.session, f"role({target})" if kind == "role" else target,
+                                       self.instance.starter_id, data)
+        users = users or resolve_candidates(self.session, "role(admin)", self.instance.starter_id, data)
+        names = {n.id: n.name for n in self.model.nodes.values()}
+        barred = barred_approvers(node, self.instance.starter_id, data, names)
+        return [u for u in users if u not in barred]
+
+    def _after_row_closed(self, row: Task, node: NodeInfo, reason: str) -> None:
+        """A skipped row: the next in sequence gets its turn; the last one open approves the node."""
+        others = self._open_rows(row)
+        if others and row.mode == "sequence" and not any(o.status == "ready" for o in others):
+            self._activate([o for o in others if o.status == "waiting"][:1])
+        if not others:
+            self._auto_decide(self._ready_spiff_task(row), node, None, f"{reason}，按配置跳过")
+            self.step()
+
     def _ready_spiff_task(self, row: Task):
         task = self._task(UUID(row.spiff_task_id))
         if task is None or task.state != TaskState.READY:

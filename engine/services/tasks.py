@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from engine.errors import Conflict, Forbidden, InvalidInput, NotFound
 from engine.history import Actor
-from engine.models import Instance, ProcessVersion, Task
+from engine.models import Instance, ProcessVersion, Task, User
 from engine.org.directory import require_active_users
 from engine.runner.duties import barred_approvers
 from engine.runner.execution import InstanceRun, run_command
@@ -142,6 +142,8 @@ def _load_actionable(session: Session, actor: Actor, task_id: str) -> tuple[Inst
     if instance.status != "running":
         raise Conflict(f"流程实例状态为 {instance.status}，不能处理任务", {"instance_id": instance.id,
                                                                         "status": instance.status})
+    if not session.scalar(select(User.active).where(User.id == actor.user_id)):  # left, or disabled in WeCom
+        raise Forbidden("用户已停用，不能处理任务", {"task_id": task_id, "user_id": actor.user_id})
     if actor.user_id not in task.candidates:
         raise Forbidden(f"您不是任务「{task.name}」的审批人", {"task_id": task_id})
     if task.status == "waiting":

@@ -22,7 +22,8 @@ def demo_org() -> dict[str, Any]:
               "main_department": ids[u["department"]], "position": u.get("title") or "",
               "mobile": u.get("mobile") or "", "email": u.get("email") or "",
               "direct_leader": [u["manager"]] if u.get("manager") else [],
-              "is_leader_in_dept": [1 if u["id"] in heads else 0], "status": 1, "enable": 1}
+              "is_leader_in_dept": [1 if u["id"] in heads else 0],
+              "status": 1 if u.get("active", True) else 5, "enable": 1}  # 5: 已退出企业
              for u in org["users"]]
     return {"departments": departments, "users": users}
 

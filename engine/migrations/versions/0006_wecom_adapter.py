@@ -102,7 +102,9 @@ def upgrade() -> None:
     sa.Column('error', sa.Text(), nullable=True),
     sa.Column('started_at', engine.models.UtcDateTime(timezone=True), nullable=False),
     sa.Column('finished_at', engine.models.UtcDateTime(timezone=True), nullable=True),
-    sa.PrimaryKeyConstraint('id')
+    sa.Column('slot', sa.String(length=32), nullable=True),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('slot')
     )
     op.create_table('web_sessions',
     sa.Column('id_hash', sa.String(length=64), nullable=False),
