@@ -4,6 +4,7 @@ change_contact events, deactivated users' tasks moving on, the nightly claim and
 from __future__ import annotations
 
 import copy
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -22,7 +23,7 @@ from engine.models import Department, User, UserRole
 from engine.services.auth import issue_token
 from engine.services.tasks import complete_task
 from tests.helpers import claim, events, ready, start
-from tests.wecom_support import wecom  # noqa: F401  (the fixture)
+from tests.wecom_support import live_finflow, wecom  # noqa: F401  (the fixtures)
 
 pytestmark = pytest.mark.usefixtures("wecom")
 
@@ -273,3 +274,17 @@ def test_cli_failure_and_not_configured(wecom, monkeypatch):  # noqa: F811
     monkeypatch.delenv("FINFLOW_WECOM_CORP_ID")
     result = CliRunner().invoke(wecom_cli, ["sync"])
     assert result.exit_code == 1 and "not configured" in result.output
+
+
+def test_a_change_contact_callback_disables_the_user_and_moves_their_task(live_finflow, wecom):  # noqa: F811
+    """End to end: WeCom tells finflow over the encrypted callback; the approver loses the task at once."""
+    instance_id = start("reimbursement", "zhoujie", claim(amount=800))
+    [task] = ready(instance_id)
+    answer = wecom.sim.change_contact("update_user", UserID="sunpeng", Status="2")  # 已禁用
+    assert answer.status_code == 200 and answer.text == ""
+    deadline = time.monotonic() + 15
+    while user("sunpeng").active and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not user("sunpeng").active
+    [moved] = ready(instance_id)
+    assert moved.id == task.id and "sunpeng" not in moved.candidates

@@ -48,6 +48,11 @@ def apply(callback_id: int, database_url: str | None = None) -> str:
     """Apply one stored callback once; returns the row's status afterwards. Safe to run again."""
     if not _count_attempt(callback_id, database_url):
         return _status(database_url, callback_id)
+    with transaction(database_url, readonly=True) as session:
+        kind, payload = session.execute(select(WeComCallback.kind, WeComCallback.payload)
+                                        .where(WeComCallback.id == callback_id)).one()
+    if kind == "change_contact":  # the sync writes in a transaction of its own (idempotent if run again)
+        return _apply_contact_change(callback_id, payload, database_url)
     try:
         with transaction(database_url) as session:
             row = _lock_received(session, callback_id)
@@ -103,8 +108,6 @@ def _finish(row: WeComCallback, outcome: Outcome) -> None:
 def _apply(session: Session, row: WeComCallback) -> Outcome:
     if row.kind == "template_card_event":
         return _click(session, row.payload)
-    if row.kind == "change_contact":
-        return _change_contact(session, row.payload)
     return Outcome("applied", f"ignored: {row.payload.get('MsgType')}/{row.payload.get('Event')}")
 
 
@@ -162,16 +165,21 @@ def _finished_text(session: Session, task_id: str, user_id: str) -> str:
     return "已处理"
 
 
-def _change_contact(session: Session, event: dict[str, str]) -> Outcome:
-    """Route a contact change to the org sync (its own transaction); unavailable → failed, kept."""
-    try:
-        from adapters.wecom.sync import apply_change
-    except ImportError:
-        return Outcome("failed", "org sync is not installed (adapters.wecom.sync.apply_change)")
-    from engine.db import database_url
+def _apply_contact_change(callback_id: int, event: dict[str, str], database_url: str | None) -> str:
+    """Hand a contact change to the org sync, with no transaction of ours open (on SQLite a second writer in
+    the same thread would wait for itself), then record what it did."""
+    from adapters.wecom.sync import apply_change
 
     fields = {k: v for k, v in event.items() if not k.startswith("_")}  # callback.py's own keys (_client_ip)
-    return Outcome("applied", str(apply_change(fields, database_url(session)))[:2000])
+    try:
+        outcome = Outcome("applied", str(apply_change(fields, database_url))[:2000])
+    except Exception as exc:  # recorded on the sync run and told to the admins by apply_change
+        outcome = Outcome("failed", f"{type(exc).__name__}: {exc}"[:2000])
+    with transaction(database_url) as session:
+        row = _lock_received(session, callback_id)
+        if row is not None:
+            _finish(row, outcome)
+    return outcome.status
 
 
 def _update_card(event: dict[str, str], outcome: Outcome, callback_id: int) -> None:
