@@ -18,7 +18,7 @@ from adapters.events import models as _events_models  # noqa: F401  (registers e
 from adapters.inbox import models as _inbox_models  # noqa: F401  (registers the notifications table)
 from adapters.wecom import models as _wecom_models  # noqa: F401  (registers the wecom_* tables)
 
-BUILT_IN = ("adapters.inbox", "adapters.events")
+BUILT_IN = ("adapters.inbox", "adapters.events", "adapters.wecom")
 
 
 def load_all() -> list[str]:

@@ -12,6 +12,7 @@ import httpx
 import pytest
 from waitress.server import create_server
 
+import adapters
 from adapters.wecom.config import WeComConfig
 from adapters.wecom.simulator import Simulator
 from api import create_app
@@ -35,6 +36,7 @@ def point_finflow_at(monkeypatch: pytest.MonkeyPatch, config: WeComConfig) -> No
 @pytest.fixture
 def wecom(monkeypatch: pytest.MonkeyPatch) -> Iterator[WeComTestbed]:
     """A started simulator with the demo org; FINFLOW_WECOM_* point finflow at it for this test."""
+    adapters.load_all()  # the WeCom subscription must be known to the commands the test runs
     sim = Simulator()
     sim.start()
     bed = WeComTestbed(sim, sim.config("http://127.0.0.1:9"))

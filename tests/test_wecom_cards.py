@@ -1,0 +1,123 @@
+"""Engine events reach WeCom as cards and messages, through the simulator over real HTTP: exactly the
+right people get a card, and every card shows the result once the task is no longer theirs."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import select
+
+from adapters.wecom.models import WeComCard
+from engine import clock
+from engine.db import transaction
+from engine.history import Actor
+from engine.outbox.sweeper import sweep
+from engine.services.instances import urge_instance, withdraw_instance
+from engine.services.tasks import transfer_task
+from tests.helpers import act, claim, payment, ready, start
+from tests.wecom_support import wecom  # noqa: F401  (the fixture)
+
+STARTER, MANAGER = "suxiaoyun", "guoxin"
+FINANCE = ["liuli", "yangxue", "zhuwei", "gaoyan"]
+
+
+def cards_of(sim, user: str) -> list[dict]:
+    return sim.cards(user)
+
+
+def only_card(sim, user: str) -> dict:
+    [card] = sim.cards(user)
+    return card
+
+
+def db_cards(instance_id: str) -> list[WeComCard]:
+    with transaction() as session:
+        return list(session.scalars(select(WeComCard).where(WeComCard.instance_id == instance_id)
+                                    .order_by(WeComCard.id)))
+
+
+def test_the_manager_gets_a_button_card_and_sees_the_result_after_approving(wecom):  # noqa: F811
+    instance_id = start("reimbursement", STARTER, claim("办公", 1200, "采购办公用品"))
+    card = only_card(wecom.sim, MANAGER)
+    body = card["template_card"]
+    assert body["card_type"] == "button_interaction"
+    assert body["main_title"]["title"] == "费用报销 · 苏晓云 · ¥1,200.00"
+    facts = {f["keyname"]: f["value"] for f in body["horizontal_content_list"]}
+    assert facts["部门"] and "¥1,200.00" in facts.values()
+    [task] = ready(instance_id)
+    assert [b["key"] for b in body["button_list"]] == [f"approve:{task.id}", f"reject:{task.id}"]
+    assert body["card_action"]["url"].endswith(f"/m/tasks/{task.id}")
+    assert sum(len(wecom.sim.cards(u)) for u in FINANCE + [STARTER]) == 0  # nobody else yet
+
+    act(instance_id, "manager_approval", user=MANAGER)
+    assert wecom.sim.card(MANAGER, card["task_id"])["state"] == "已同意"
+    finance_cards = {u: only_card(wecom.sim, u) for u in FINANCE}  # or-sign: every candidate
+    assert all(c["state"] == "open" for c in finance_cards.values())
+
+    act(instance_id, "finance_review", user="yangxue")
+    states = {u: wecom.sim.card(u, c["task_id"])["state"] for u, c in finance_cards.items()}
+    assert states == {"liuli": "已被他人处理", "yangxue": "已同意", "zhuwei": "已被他人处理", "gaoyan": "已被他人处理"}
+    assert [c.status for c in db_cards(instance_id)].count("updated") == 5
+
+
+def test_transfer_withdraw_and_urge_reach_wecom(wecom):  # noqa: F811
+    instance_id = start("reimbursement", STARTER, claim("办公", 800, "打印纸"))
+    [task] = ready(instance_id)
+    with transaction() as session:
+        transfer_task(session, Actor(MANAGER), task.id, "wangjianguo", "出差中")
+    assert only_card(wecom.sim, MANAGER)["state"] == "已转办给王建国"
+    new_card = only_card(wecom.sim, "wangjianguo")
+    assert new_card["state"] == "open"
+    with transaction() as session:
+        urge_instance(session, Actor(STARTER), instance_id, "请尽快")
+    texts = [m["text"]["content"] for m in wecom.sim.inbox("wangjianguo") if m["msgtype"] == "text"]
+    assert len(texts) == 1 and "请尽快" in texts[0]
+    with transaction() as session:
+        withdraw_instance(session, Actor(STARTER), instance_id, "不需要了")
+    assert wecom.sim.card("wangjianguo", new_card["task_id"])["state"] == "已撤回"
+
+
+def test_the_applicant_gets_the_result_as_a_textcard(wecom):  # noqa: F811
+    instance_id = start("reimbursement", STARTER, claim("办公", 300, "文具"))
+    act(instance_id, "manager_approval", user=MANAGER, action="reject", comment="发票不全")
+    results = [m for m in wecom.sim.inbox(STARTER) if m["msgtype"] == "textcard"]
+    assert len(results) == 1 and "发票不全" in results[0]["textcard"]["description"]
+    # a rejection returns the claim to the applicant: a card (no buttons: the form must be filled in) links to it
+    assert any(c["template_card"]["card_type"] == "text_notice" for c in wecom.sim.cards(STARTER))
+
+
+def test_sensitive_fields_are_masked_on_the_payment_card(wecom):  # noqa: F811
+    data = {**payment(30000), "bank_account": "6222020200112233445"}
+    instance_id = start("payment", STARTER, data)
+    everyone = {c["task_id"]: c for u in [t for r in ready(instance_id) for t in r.candidates]
+                for c in wecom.sim.cards(u)}
+    assert everyone
+    for card in everyone.values():
+        text = str(card["template_card"])
+        assert "6222020200112233445" not in text
+
+
+def test_token_expiry_and_an_outage_are_recovered_without_duplicates(wecom):  # noqa: F811
+    wecom.sim.fault("token_expired", times=1)
+    instance_id = start("reimbursement", STARTER, claim("办公", 500, "墨盒"))
+    assert len(wecom.sim.cards(MANAGER)) == 1  # refreshed once and sent
+    wecom.sim.fault_for("http500", 3600, api="message/send")
+    act(instance_id, "manager_approval", user=MANAGER)
+    assert sum(len(wecom.sim.cards(u)) for u in FINANCE) == 0  # WeCom is down: nothing delivered yet
+    wecom.sim.clear_faults()
+    clock.advance(timedelta(hours=2))
+    sweep()
+    sweep()
+    assert all(len(wecom.sim.cards(u)) == 1 for u in FINANCE)  # delivered once each after recovery
+
+
+def test_an_invalid_user_is_a_failed_delivery_visible_on_the_task(wecom, as_user):  # noqa: F811
+    wecom.sim.visible = {u["userid"] for u in wecom.sim.org["users"]} - {MANAGER}
+    instance_id = start("reimbursement", STARTER, claim("办公", 500, "订书机"))
+    [task] = ready(instance_id)
+    answer = as_user(MANAGER).get(f"/api/v1/tasks/{task.id}/deliveries")
+    assert answer.status_code == 200, answer.json
+    [card] = answer.json["items"]
+    assert card["status"] == "failed" and card["errcode"] == 81013 and card["user_id"] == MANAGER
+    stats = as_user("wangjianguo").get("/api/v1/admin/wecom/stats")
+    assert stats.status_code in (200, 403)
