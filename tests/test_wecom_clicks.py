@@ -1,9 +1,7 @@
 """Clicks on WeCom cards, end to end over real HTTP: the simulator sends the encrypted callback to
 finflow under waitress, the queue job applies it through complete_task (history channel "wecom").
-
-Cards come from the card sender when it is installed (adapters.wecom.deliveries); otherwise
-`card_for` sends one through the real client the way the sender does, so the click path is tested on
-its own."""
+Cards come from the card sender (adapters.wecom.deliveries); after a decision it updates them with the
+ResponseCode the click stored."""
 
 from __future__ import annotations
 
@@ -13,8 +11,6 @@ import time
 import pytest
 from sqlalchemy import func, select
 
-from adapters.wecom.client import client
-from adapters.wecom.config import WeComConfig
 from adapters.wecom.models import WeComCallback, WeComCard
 from engine import clock
 from engine.db import transaction
@@ -24,7 +20,7 @@ from engine.outbox import dispatch
 from engine.services.instances import withdraw_instance
 from engine.services.tasks import transfer_task
 from tests import wecom_support
-from tests.helpers import claim, contract, events, payment, ready, start
+from tests.helpers import act, claim, contract, events, payment, ready, start
 
 wecom, live_finflow = wecom_support.wecom, wecom_support.live_finflow  # the fixtures
 STARTER = "suxiaoyun"
@@ -32,25 +28,12 @@ LATENCIES: list[float] = []
 
 
 def card_for(task: Task, user: str) -> str:
-    """The card_key of `user`'s card for `task`: the sender's, or one sent here like the sender does."""
+    """The card_key (WeCom task_id) of the card the card sender sent `user` for `task`."""
     dispatch.drain_background()
     with transaction() as session:
         key = session.scalar(select(WeComCard.card_key).where(WeComCard.task_id == task.id,
                                                                WeComCard.user_id == user))
-    if key:
-        return key
-    key = f"fft{task.id.replace('-', '')[:24]}{user}"[:128]
-    config = WeComConfig.from_env()
-    answer = client(config).send({"touser": user, "msgtype": "template_card", "template_card": {
-        "card_type": "button_interaction", "source": {"desc": "finflow 审批"},
-        "main_title": {"title": task.name}, "task_id": key,
-        "card_action": {"type": 1, "url": f"{config.public_url}/m/tasks/{task.id}"},
-        "button_list": [{"text": "同意", "style": 1, "key": f"approve:{task.id}"},
-                        {"text": "驳回", "style": 2, "key": f"reject:{task.id}"}]}})
-    with transaction() as session:
-        session.add(WeComCard(card_key=key, task_id=task.id, instance_id=task.instance_id, user_id=user,
-                              status="sent", msgid=answer.get("msgid"), response_code=answer.get("response_code"),
-                              created_at=clock.now(), sent_at=clock.now()))
+    assert key, f"no card for {user} on {task.id}"
     return key
 
 
@@ -83,7 +66,10 @@ def test_a_click_completes_the_task(live_finflow, wecom, process, starter, data,
     iid = start(process, starter, data)
     task = ready(iid)[0]
     user = task.candidates[0]
-    click(wecom, user, task, action)
+    key = card_for(task, user)
+    click(wecom, user, task, action, card_key=key)
+    dispatch.drain_background()  # the card sender's update, with the ResponseCode the click stored
+    assert wecom.sim.card(user, key)["state"] == {"approve": "已同意", "reject": "已驳回"}[action]
     with transaction() as session:
         done = session.get(Task, task.id)
         assert (done.status, done.action, done.assignee_id) == ("completed", action, user)
@@ -218,3 +204,19 @@ def test_a_crash_half_way_loses_no_click_and_decides_once(live_finflow, wecom, m
     assert [c.status for c in callbacks()] == ["applied"] and len(decisions(iid)) == 1
     assert inbound.apply(callbacks()[0].id) == "applied"  # a late duplicate job: no second decision
     assert len(decisions(iid)) == 1
+
+
+def test_or_sign_one_click_and_the_others_cards_show_done_by_another(live_finflow, wecom):
+    iid = start("reimbursement", STARTER, claim("办公", 1200))
+    act(iid, "manager_approval")
+    task = ready(iid)[0]  # 财务审核: every finance member is a candidate (或签)
+    assert len(task.candidates) > 1
+    keys = {user: card_for(task, user) for user in task.candidates}
+    first, *others = task.candidates
+    click(wecom, first, task, "approve", card_key=keys[first])
+    dispatch.drain_background()
+    assert wecom.sim.card(first, keys[first])["state"] == "已同意"
+    assert {wecom.sim.card(u, keys[u])["state"] for u in others} == {"已被他人处理"}
+    time.sleep(1.05)
+    click(wecom, others[0], task, "approve", card_key=keys[others[0]])  # a late click on a stale card
+    assert len([d for d in decisions(iid) if d.task_id == task.id]) == 1 and callbacks()[-1].status == "refused"

@@ -108,6 +108,8 @@ def test_an_open_redirect_is_refused_end_to_end(live_finflow):
     url = callback_url(phone, f"{live_finflow}/wecom/oauth/start?next=https://evil.example/m/x")
     answer = phone.get(url)
     assert answer.status_code == 302 and answer.headers["location"] == "/m/"
+    landing = phone.get(f"{live_finflow}/m/")
+    assert landing.status_code == 200 and "我的待办" in landing.text
 
 
 def test_without_a_session_the_page_sends_to_the_login(live_finflow):

@@ -25,7 +25,7 @@ from engine.errors import FinflowError
 from engine.history import Actor
 from engine.models import Instance, Task, User
 from engine.services.deployments import model_for
-from engine.services.queries import get_instance
+from engine.services.queries import get_instance, list_tasks
 from engine.services.tasks import complete_task
 
 MAX_COMMENT = 2000
@@ -50,6 +50,15 @@ def logged_in(view: Callable[..., Response]) -> Callable[..., Response]:
         return _login_first() if login is None else view(login, **kwargs)
 
     return wrapper
+
+
+@blp.get("/m/")
+@logged_in
+def my_tasks(login: Login) -> Response:
+    """Where a login without a (safe) next lands: the user's tasks waiting for them."""
+    with transaction(readonly=True) as session:
+        tasks = list_tasks(session, session.get(User, login.user_id), mine=True, status="ready", per_page=50).items
+        return page("tasks.html", tasks=tasks)
 
 
 @blp.get("/m/tasks/<task_id>")
