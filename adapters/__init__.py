@@ -44,5 +44,4 @@ def blueprints() -> list:
     from adapters.wecom import callback, oauth
     from api.web import blp as web
 
-    callback.register()
     return [callback.blp, oauth.blp, web]

@@ -16,8 +16,12 @@ from __future__ import annotations
 
 
 def load() -> None:
-    from adapters.wecom import deliveries
+    """Subscribe the card sender and hook the callback re-queue and the nightly org sync into the sweep of
+    every process that loads adapters (rq workers included), so no single process is special."""
+    from adapters.wecom import callback, deliveries, sync
     from engine import events
 
     events.subscribe(deliveries.SUBSCRIPTION, deliveries.EVENT_TYPES, "channels", deliveries.connect,
                      targets=deliveries.targets, external=True)
+    callback.register()
+    sync.register()

@@ -134,8 +134,7 @@ def hand_over(callback_id: int, database_url: str | None = None) -> bool:
 
 
 def register() -> None:
-    """The periodic re-queue, in every worker and the embedded API process (called from the adapter's
-    load() and from adapters.blueprints)."""
+    """The periodic re-queue, in every worker and the embedded API process (called from the adapter's load())."""
     from engine import events
 
     events.every_sweep("wecom.callbacks_requeue", requeue_stale)

@@ -1,0 +1,268 @@
+"""finflow WeCom benchmark: cards delivered per second by 1 and 2 `finflow worker` processes, callback
+acknowledgement latency under a burst of clicks from another process, click → task completed, and click →
+the other or-sign candidates' cards updated.
+
+    python bench/wecom_bench.py [--tasks 2000] [--click-rate 200] [--orsign-clicks 200]
+
+Real parts: PostgreSQL, Redis, `finflow serve` (waitress) receiving the callbacks, `finflow worker` processes,
+and the WeCom simulator (adapters/wecom/simulator) in this process, reached over HTTP. Figures are printed,
+never asserted. See bench/README.md ("WeCom benchmark").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+PG_URL = os.environ.get("FINFLOW_WECOM_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/finflow_wecom_bench")
+REDIS_URL = os.environ.get("FINFLOW_WECOM_BENCH_REDIS_URL", "redis://127.0.0.1:6379/6")
+WORKDIR = Path(os.environ.get("FINFLOW_WECOM_BENCH_DIR") or tempfile.mkdtemp(prefix="finflow-wecom-bench-"))
+os.environ["FINFLOW_WECOM_BENCH_DIR"] = str(WORKDIR)
+os.environ["FINFLOW_DATA_DIR"] = str(WORKDIR)
+
+import httpx  # noqa: E402
+
+from adapters.wecom.crypto import MsgCrypt  # noqa: E402
+
+MANAGER, FINANCE = "guoxin", ["liuli", "yangxue", "zhuwei", "gaoyan"]
+
+
+# -- the clicker: a separate process, so the burst does not share a GIL with what it measures -----------
+def clicker(plan_path: str, out_path: str) -> None:
+    """Send every planned click at its planned time; every 20th is sent twice (a WeCom retry)."""
+    plan = json.loads(Path(plan_path).read_text())
+    crypt = MsgCrypt(plan["token"], plan["aes_key"], plan["corp_id"])
+    client = httpx.Client(timeout=10, limits=httpx.Limits(max_connections=64))
+    t0 = time.time() + 0.5
+
+    def one(i: int, click: dict) -> dict:
+        xml = ("<xml>" + "".join(f"<{k}><![CDATA[{v}]]></{k}>" for k, v in {
+            "ToUserName": plan["corp_id"], "FromUserName": click["user"], "CreateTime": str(int(time.time())),
+            "MsgType": "event", "Event": "template_card_event", "TaskId": click["card_key"],
+            "CardType": "button_interaction", "EventKey": click["key"], "ResponseCode": secrets.token_hex(8),
+            "AgentID": str(plan["agent_id"])}.items()) + "</xml>")
+        nonce, timestamp = secrets.token_hex(8), str(int(time.time()))
+        body = crypt.seal(xml, nonce, timestamp)
+        signature = body.split("<MsgSignature><![CDATA[")[1].split("]]>")[0]
+        delay = t0 + i / plan["rate"] - time.time()
+        if delay > 0:
+            time.sleep(delay)
+        times = []
+        for _ in range(2 if i % 20 == 0 else 1):
+            sent = time.time()
+            answer = client.post(plan["url"], content=body.encode(), params={
+                "msg_signature": signature, "timestamp": timestamp, "nonce": nonce})
+            times.append({"sent": sent, "ack_ms": (time.time() - sent) * 1000, "status": answer.status_code})
+        return {"task_id": click["task_id"], "attempts": times}
+
+    with ThreadPoolExecutor(max_workers=48) as pool:
+        results = list(pool.map(lambda pair: one(*pair), enumerate(plan["clicks"])))
+    Path(out_path).write_text(json.dumps(results))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tasks", type=int, default=2000, help="reimbursements, each a card for the manager")
+    parser.add_argument("--click-rate", type=float, default=200.0, help="clicks per second in the burst")
+    parser.add_argument("--click-seconds", type=float, default=20.0, help="how long the burst lasts")
+    parser.add_argument("--orsign-clicks", type=int, default=200, help="or-sign decisions whose other cards are timed")
+    args = parser.parse_args()
+    children: list[subprocess.Popen] = []
+    try:
+        run(args, children)
+    finally:  # a failed run must not leave workers behind to steal the next run's jobs
+        sys.path.insert(0, str(ROOT / "bench"))
+        import common
+
+        common.stop_processes(children)
+
+
+def run(args: argparse.Namespace, children: list[subprocess.Popen]) -> None:
+    sys.path.insert(0, str(ROOT / "bench"))
+    import common
+    from sqlalchemy import delete, func, select, update
+
+    from adapters.wecom.client import WeComClient
+    from adapters.wecom.models import WeComCallback, WeComCard
+    from adapters.wecom.simulator import Simulator
+    from engine.db import transaction
+    from engine.models import HistoryEvent, Task
+    from engine.outbox import dispatch
+    from engine.outbox.models import OutboxMessage
+
+    url, redis_version = common.use_services(PG_URL, REDIS_URL, flush=True)
+    common.fresh_database(url, "the WeCom bench")
+    sim = Simulator()
+    sim.start()
+    port = free_port()
+    config = sim.config(f"http://127.0.0.1:{port}")
+    os.environ.update(config.env())
+    sim.callback_url = f"http://127.0.0.1:{port}/wecom/callback"
+    import adapters
+
+    adapters.load_all()
+    print(common.header("finflow WeCom benchmark", [("PostgreSQL", common.postgres_version(url)),
+                                                    ("Redis", redis_version)]))
+    redis = dispatch.connection(REDIS_URL)
+
+    def cards(status: str | None = None, users: list[str] | None = None) -> int:
+        with transaction(url, readonly=True) as session:
+            stmt = select(func.count()).select_from(WeComCard)
+            if status:
+                stmt = stmt.where(WeComCard.status == status)
+            if users:
+                stmt = stmt.where(WeComCard.user_id.in_(users))
+            return session.scalar(stmt) or 0
+
+    # 0. what the simulated WeCom takes on its own
+    direct = WeComClient(config, redis)
+    t0, sent = time.perf_counter(), 0
+    while time.perf_counter() - t0 < 2:
+        direct.send({"touser": MANAGER, "msgtype": "text", "text": {"content": "ping"}})
+        sent += 1
+    sim_rate = sent / (time.perf_counter() - t0)
+    sim.clear()
+    redis.flushdb()
+
+    # 1. the backlog: one manager card per reimbursement, its jobs held back
+    backlog = max(args.tasks, int(args.click_rate * args.click_seconds))
+    t0 = time.perf_counter()
+    with common.jobs_held_back():
+        driver = common.Driver(url)
+        for _ in range(backlog):
+            driver.open.clear()
+            driver.step()
+    print(f"backlog: {backlog} reimbursements started in {time.perf_counter() - t0:.0f} s")
+    env = common.worker_env(url, REDIS_URL, **config.env())
+    log = WORKDIR / "workers.log"
+    for count in (1, 2):
+        with transaction(url) as session:
+            session.execute(delete(WeComCard))
+            session.execute(update(OutboxMessage).where(OutboxMessage.subscription == "wecom.cards").values(
+                status="pending", attempts=0, done_at=None, claimed_until=None))
+            rows = [tuple(r) for r in session.execute(select(OutboxMessage.id, OutboxMessage.queue).where(
+                OutboxMessage.subscription == "wecom.cards"))]
+        sim.clear()
+        redis.flushdb()
+        workers = [common.start_worker(["--queues", "channels"], env, log) for _ in range(count)]
+        children.extend(workers)
+        wait(lambda c=count, w=workers: common.listening_workers(redis, {p.pid for p in w}) == c, 30, "workers")
+        t0 = time.perf_counter()
+        dispatch.enqueue(rows)
+        wait(lambda: cards("sent") >= args.tasks, 600, f"{args.tasks} cards sent")
+        seconds = time.perf_counter() - t0  # the first --tasks cards; the rest of the backlog is for the clicks
+        wait(lambda: cards("sent") >= backlog, 1200, f"{backlog} cards sent")
+        common.stop_processes(workers)
+        print(f"cards, {count} worker(s): {args.tasks} in {seconds:.1f} s = {args.tasks / seconds:.0f} cards/s "
+              f"({args.tasks / seconds / sim_rate:.0%} of the simulator's own {sim_rate:.0f} sends/s from one "
+              f"client: {'finflow' if args.tasks / seconds < 0.8 * sim_rate else 'WeCom'} is the bound)")
+
+    # 2. the burst of clicks against `finflow serve`, applied by 2 workers
+    with open(WORKDIR / "serve.log", "ab") as serve_log:
+        server = subprocess.Popen([str(common.FINFLOW), "serve", "--port", str(port), "--threads", "16"], cwd=ROOT,
+                                  env=env, stdout=serve_log, stderr=subprocess.STDOUT, start_new_session=True)
+    workers = [common.start_worker(["--queues", "channels"], env, log) for _ in range(2)]
+    children.extend([server, *workers])
+    wait(lambda: _answers(f"http://127.0.0.1:{port}/api/v1/health"), 30, "finflow serve to answer")
+    with transaction(url, readonly=True) as session:
+        planned = [{"user": c.user_id, "card_key": c.card_key, "key": f"approve:{c.task_id}", "task_id": c.task_id}
+                   for c in session.scalars(select(WeComCard).where(WeComCard.user_id == MANAGER))]
+    plan = {"url": sim.callback_url, "rate": args.click_rate, "clicks": planned, "token": config.token,
+            "aes_key": config.aes_key, "corp_id": config.corp_id, "agent_id": config.agent_id}
+    (WORKDIR / "plan.json").write_text(json.dumps(plan))
+    subprocess.run([sys.executable, __file__, "--clicker", str(WORKDIR / "plan.json"), str(WORKDIR / "acks.json")],
+                   check=True)
+    results = json.loads((WORKDIR / "acks.json").read_text())
+    acks = [a["ack_ms"] for r in results for a in r["attempts"]]
+    bad = sum(1 for r in results for a in r["attempts"] if a["status"] != 200)
+    wait(lambda: _applied(url, select, func, WeComCallback) >= len(planned), 600, "every click applied")
+    ack = common.spread(acks)
+    print(f"callbacks: {len(acks)} POSTs ({len(acks) - len(planned)} WeCom retries) at {args.click_rate:.0f}/s "
+          f"for {len(planned) / args.click_rate:.0f} s: ack p50 {ack['p50']:.1f} ms, p99 {ack['p99']:.1f} ms, "
+          f"max {ack['max']:.1f} ms; non-200 answers: {bad}")
+    sent_at = {r["task_id"]: r["attempts"][0]["sent"] for r in results}
+    with transaction(url, readonly=True) as session:
+        done = dict(session.execute(select(Task.id, Task.completed_at).where(Task.id.in_(sent_at))).all())
+        decisions = session.execute(select(HistoryEvent.task_id, func.count()).where(
+            HistoryEvent.type == "task.completed", HistoryEvent.task_id.in_(sent_at),
+            HistoryEvent.channel == "wecom").group_by(HistoryEvent.task_id)).all()
+    once = sum(1 for _, n in decisions if n == 1)
+    completed = [(done[t].timestamp() - sent_at[t]) * 1000 for t in sent_at if done.get(t)]
+    spread = common.spread(completed)
+    print(f"click → task completed: p50 {spread['p50']:.0f} ms, p99 {spread['p99']:.0f} ms; "
+          f"{once} of {len(planned)} tasks decided exactly once (none twice: {all(n == 1 for _, n in decisions)})")
+
+    # 3. or-sign: one finance click, the other three cards updated
+    wait(lambda: cards("sent", FINANCE) >= 4 * min(args.orsign_clicks, len(planned)), 600, "finance cards sent")
+    with transaction(url, readonly=True) as session:
+        chosen = list(session.scalars(select(WeComCard).where(
+            WeComCard.user_id == "yangxue", WeComCard.status == "sent").limit(args.orsign_clicks)))
+        plan["clicks"] = [{"user": c.user_id, "card_key": c.card_key, "key": f"approve:{c.task_id}",
+                           "task_id": c.task_id} for c in chosen]
+    plan["rate"] = 50.0
+    (WORKDIR / "plan2.json").write_text(json.dumps(plan))
+    subprocess.run([sys.executable, __file__, "--clicker", str(WORKDIR / "plan2.json"), str(WORKDIR / "acks2.json")],
+                   check=True)
+    results = json.loads((WORKDIR / "acks2.json").read_text())
+    sent_at = {r["task_id"]: r["attempts"][0]["sent"] for r in results}
+    others = [u for u in FINANCE if u != "yangxue"]
+
+    def updated() -> list:
+        with transaction(url, readonly=True) as session:
+            return list(session.execute(select(WeComCard.task_id, WeComCard.updated_at).where(
+                WeComCard.task_id.in_(sent_at), WeComCard.user_id.in_(others), WeComCard.updated_at.is_not(None))))
+
+    wait(lambda: len(updated()) >= 3 * len(sent_at), 300, "the other or-sign cards updated")
+    spread = common.spread([(at.timestamp() - sent_at[t]) * 1000 for t, at in updated()])
+    print(f"click → other or-sign candidates' cards updated ({len(updated())} cards, clicks at 50/s): "
+          f"p50 {spread['p50']:.0f} ms, p99 {spread['p99']:.0f} ms")
+    common.stop_processes([server, *workers])
+    sim.stop()
+
+
+def wait(predicate, timeout: float, what: str) -> None:
+    """Wait for `predicate`, or stop the run saying what never happened (a figure taken anyway would lie)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import common
+
+    if not common.wait_until(predicate, timeout):
+        raise SystemExit(f"gave up after {timeout:.0f} s waiting for {what}; see the logs in {WORKDIR}")
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _applied(url, select, func, model) -> int:
+    from engine.db import transaction
+
+    with transaction(url, readonly=True) as session:
+        return session.scalar(select(func.count()).select_from(model).where(model.status != "received")) or 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "--clicker":
+        clicker(sys.argv[2], sys.argv[3])
+    else:
+        main()
