@@ -4,6 +4,7 @@ right people get a card, and every card shows the result once the task is no lon
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 
 from sqlalchemy import select
 
@@ -12,11 +13,13 @@ from engine import clock
 from engine.db import transaction
 from engine.history import Actor
 from engine.outbox.sweeper import sweep
+from engine.services.deployments import deploy
 from engine.services.instances import urge_instance, withdraw_instance
-from engine.services.tasks import transfer_task
-from tests.helpers import act, claim, payment, ready, start
+from engine.services.tasks import add_signers, delegate_task, return_task, transfer_task
+from tests.helpers import act, claim, contract, payment, ready, start
 from tests.wecom_support import wecom  # noqa: F401  (the fixture)
 
+PROCESSES = Path(__file__).resolve().parent.parent / "processes"
 STARTER, MANAGER = "suxiaoyun", "guoxin"
 FINANCE = ["liuli", "yangxue", "zhuwei", "gaoyan"]
 
@@ -121,3 +124,62 @@ def test_an_invalid_user_is_a_failed_delivery_visible_on_the_task(wecom, as_user
     assert card["status"] == "failed" and card["errcode"] == 81013 and card["user_id"] == MANAGER
     stats = as_user("wangjianguo").get("/api/v1/admin/wecom/stats")
     assert stats.status_code in (200, 403)
+
+
+def test_delegate_add_sign_and_return_reach_the_cards(wecom):  # noqa: F811
+    instance_id = start("reimbursement", STARTER, claim("差旅", 8000, "上海客户拜访差旅"))
+    [task] = ready(instance_id)
+    manager_card = only_card(wecom.sim, MANAGER)
+    with transaction() as session:
+        delegate_task(session, Actor(MANAGER), task.id, "wangjianguo", "请先核对")
+    assert wecom.sim.card(MANAGER, manager_card["task_id"])["state"] == "已委派给王建国"
+    delegate_card = only_card(wecom.sim, "wangjianguo")
+    act(instance_id, "manager_approval", user="wangjianguo")  # the delegate resolves; the task returns to the owner
+    assert wecom.sim.card("wangjianguo", delegate_card["task_id"])["state"] == "已处理，交回郭鑫"
+    back = [c for c in wecom.sim.cards(MANAGER) if c["task_id"] != manager_card["task_id"]]
+    assert len(back) == 1 and back[0]["state"] == "open"
+
+    [task] = ready(instance_id)
+    with transaction() as session:
+        add_signers(session, Actor(MANAGER), task.id, ["linna"], "before", "请出纳先看")
+    assert only_card(wecom.sim, "linna")["state"] == "open"
+    assert wecom.sim.card(MANAGER, back[0]["task_id"])["state"] == "等待加签人处理"
+    act(instance_id, "manager_approval", user="linna")
+    act(instance_id, "manager_approval", user=MANAGER)
+
+    head_tasks = ready(instance_id)  # 8,000: the department head is next
+    head = head_tasks[0].candidates[0]
+    head_card = only_card(wecom.sim, head)
+    with transaction() as session:
+        return_task(session, Actor(head), head_tasks[0].id, "manager_approval", "金额需拆分")
+    assert wecom.sim.card(head, head_card["task_id"])["state"] == "已退回"
+    assert [c["state"] for c in wecom.sim.cards(MANAGER)].count("open") == 1  # the returned-to node: a new card
+
+
+def test_countersign_one_card_per_signer_and_a_rejection_closes_the_rest(wecom):  # noqa: F811
+    signers = ["lihua", "qianfang"]  # contract_reviewers without the applicant
+    instance_id = start("contract", "zhaoqiang", contract())
+    act(instance_id, "legal_review")
+    act(instance_id, "finance_review")
+    cards = {u: only_card(wecom.sim, u) for u in signers}
+    assert all(c["state"] == "open" for c in cards.values())
+    assert len(wecom.sim.cards("zhaoqiang")) == 0  # the applicant does not countersign
+    act(instance_id, "countersign", "reject", user="qianfang", comment="条款有风险")
+    assert wecom.sim.card("qianfang", cards["qianfang"]["task_id"])["state"] == "已驳回"
+    assert wecom.sim.card("lihua", cards["lihua"]["task_id"])["state"] == "已被他人处理"
+
+
+def test_a_node_template_sets_the_cards_title_and_fields(wecom):  # noqa: F811
+    files = {p.relative_to(PROCESSES).as_posix(): p.read_text(encoding="utf-8")
+             for p in PROCESSES.rglob("*") if p.suffix in (".bpmn", ".dmn", ".json")}
+    files["reimbursement.bpmn"] = files["reimbursement.bpmn"].replace(
+        '<spiffworkflow:property name="finflow.form" value="approval" />',
+        '<spiffworkflow:property name="finflow.form" value="approval" />'
+        '<spiffworkflow:property name="card.title" value="{starter}的报销 {amount} {typo}" />'
+        '<spiffworkflow:property name="card.fields" value="reason, category" />', 1)
+    with transaction() as session:
+        deploy(session, files, Actor(None, "cli"))
+    start("reimbursement", STARTER, claim("差旅", 8000, "上海客户拜访差旅"))
+    body = only_card(wecom.sim, MANAGER)["template_card"]
+    assert body["main_title"]["title"] == "苏晓云的报销 ¥8,000.00 {typo}"  # an unknown placeholder stays text
+    assert [f["keyname"] for f in body["horizontal_content_list"]][:2] == ["报销事由", "费用类别"]

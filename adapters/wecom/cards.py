@@ -11,28 +11,15 @@ from __future__ import annotations
 
 import re
 import secrets
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from engine.finance.money import yuan
 from engine.models import Instance, Task
+from engine.services.forms import shown_fields
 
 MAX_FACTS = 6  # WeCom shows at most six horizontal_content items
+PLACEHOLDER = re.compile(r"\{(\w+)\}")
 ACTION_RESULTS = {"approve": "已同意", "reject": "已驳回", "submit": "已提交"}
-
-
-def yuan(value: Any) -> str:
-    try:
-        return f"¥{Decimal(str(value)):,.2f}"
-    except (InvalidOperation, ValueError):
-        return str(value)
-
-
-def mask(value: Any) -> str:
-    """Keep the first and last four characters of an account or ID number, in groups like WeCom shows them."""
-    text = re.sub(r"\s+", "", str(value))
-    if len(text) <= 8:
-        return text[:1] + "*" * max(0, len(text) - 1)
-    return f"{text[:4]} **** **** {text[-4:]}"
 
 
 def new_card_key(task_id: str) -> str:
@@ -42,15 +29,7 @@ def new_card_key(task_id: str) -> str:
 
 def facts(form: dict[str, Any], data: dict[str, Any], names: list[str] | None, department: str | None) -> list[dict]:
     """The card's key facts: the chosen fields with their Chinese labels, then 部门."""
-    properties = form.get("properties", {})
-    chosen = names if names is not None else [n for n, p in properties.items() if p.get("x-card")]
-    items = []
-    for name in chosen:
-        spec, value = properties.get(name, {}), data.get(name)
-        if value in (None, "") or isinstance(value, dict | list):
-            continue
-        shown = mask(value) if spec.get("x-sensitive") else yuan(value) if spec.get("x-money") else str(value)
-        items.append({"keyname": str(spec.get("title") or name)[:20], "value": shown[:60]})
+    items = [{"keyname": label[:20], "value": text[:60]} for label, text in shown_fields(form, data, names)]
     if department:
         items.append({"keyname": "部门", "value": department})
     return items[:MAX_FACTS]
@@ -58,9 +37,10 @@ def facts(form: dict[str, Any], data: dict[str, Any], names: list[str] | None, d
 
 def title(instance: Instance, process: str, starter: str, task: Task, template: str | None) -> str:
     amount = yuan(instance.amount) if instance.amount is not None else ""
-    if template:
-        return template.format_map({"process": process, "starter": starter, "amount": amount, "task": task.name,
-                                    "title": instance.title or "", "business_key": instance.business_key or ""})
+    if template:  # only the named placeholders: a designer's typo stays visible text, never a failed delivery
+        values = {"process": process, "starter": starter, "amount": amount, "task": task.name,
+                  "title": instance.title or "", "business_key": instance.business_key or ""}
+        return PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), template)
     return " · ".join(part for part in (process, starter, amount) if part)
 
 
@@ -85,17 +65,26 @@ def buttons_suffice(task: Task, form: dict[str, Any]) -> bool:
     return {"approve", "reject"} <= set(task.actions) and not form.get("required")
 
 
-def result_for(task: Task, user_id: str, instance: Instance, names: dict[str, str]) -> str:
-    """What the card of `user_id` on `task` shows once it is no longer theirs to decide."""
+CANCEL_RESULTS = {"returned": "已退回"}  # task.cancelled reasons worth their own words; others: 已被他人处理
+
+
+def result_for(task: Task, user_id: str, instance: Instance, names: dict[str, str],
+               cancel_reason: str | None = None) -> str:
+    """What the card of `user_id` on `task` shows once it is no longer theirs to decide (`cancel_reason`:
+    the task.cancelled event's reason when the row was cancelled)."""
     if task.status == "completed":
         return ACTION_RESULTS.get(task.action or "", "已处理") if task.assignee_id == user_id else "已被他人处理"
     if instance.status == "withdrawn":
         return "已撤回"
     if instance.status == "cancelled":
         return "已取消"
+    if task.status == "cancelled" and cancel_reason in CANCEL_RESULTS:
+        return CANCEL_RESULTS[cancel_reason]
     if task.status in ("ready", "waiting") and user_id not in task.candidates:
         if task.delegation == "pending" and task.owner_id == user_id:
             return f"已委派给{names.get(task.delegate_id or '', task.delegate_id or '')}"
+        if task.delegation == "resolved" and task.delegate_id == user_id:  # the delegate's part is done
+            return f"已处理，交回{names.get(task.owner_id or '', task.owner_id or '')}"
         return "已转办给" + "、".join(names.get(u, u) for u in task.candidates)
     if task.status == "waiting":
         return "等待加签人处理"

@@ -30,7 +30,7 @@ from adapters.wecom.config import WeComConfig
 from adapters.wecom.models import WeComCard, WeComMessage
 from engine import clock
 from engine.db import database_url, transaction
-from engine.models import Department, Instance, ProcessVersion, Task, User
+from engine.models import Department, HistoryEvent, Instance, ProcessVersion, Task, User
 from engine.outbox.delivery import Message
 from engine.outbox.stream import Hold, RetryLater
 from engine.services.deployments import model_for
@@ -119,19 +119,30 @@ def reconcile(session: Session, context: _Context) -> list[Op]:
     open_pairs = [(row.id, user) for row in rows.values() if row.status == "ready" and instance.status == "running"
                   for user in row.candidates]
     context.names.update(_names(session, {u for r in rows.values() for u in r.candidates} | {
-        u for _, u in latest} | {r.delegate_id for r in rows.values() if r.delegate_id}))
+        u for _, u in latest} | {u for r in rows.values() for u in (r.delegate_id, r.owner_id) if u}))
     ops = [op for pair in open_pairs if (op := _card_op(session, context, rows[pair[0]], pair[1], latest.get(pair)))]
+    reasons = _cancel_reasons(session, instance.id, [r.id for r in rows.values() if r.status == "cancelled"])
     now = clock.now()
     for (task_id, user_id), card in latest.items():
         if (task_id, user_id) in open_pairs or card.status not in ("sent", "pending"):
             continue
-        result = cards.result_for(rows[task_id], user_id, instance, context.names)
+        result = cards.result_for(rows[task_id], user_id, instance, context.names, reasons.get(task_id))
         if card.status == "pending":  # closed before it ever reached WeCom: nothing to update
             card.status, card.result, card.updated_at = "updated", result, now
             card.error = "任务在卡片送达前已结束，未发送"
             continue
         ops.append(Op("update", card.id, user_id, result=result, subject=context.subject))
     return ops
+
+
+def _cancel_reasons(session: Session, instance_id: str, task_ids: list[str]) -> dict[str, str | None]:
+    """Why each cancelled row was cancelled (退回, a rejection ending a countersign …), from its history."""
+    if not task_ids:
+        return {}
+    return {task_id: (payload or {}).get("reason") for task_id, payload in session.execute(
+        select(HistoryEvent.task_id, HistoryEvent.payload).where(
+            HistoryEvent.instance_id == instance_id, HistoryEvent.type == "task.cancelled",
+            HistoryEvent.task_id.in_(task_ids)))}
 
 
 def _card_op(session: Session, context: _Context, row: Task, user_id: str, card: WeComCard | None) -> Op | None:
@@ -221,6 +232,14 @@ def _last_decision(session: Session, instance_id: str, names: dict[str, str]) ->
     who = names.get(task.assignee_id or "", task.assignee_id or "")
     line = f"{who}{cards.ACTION_RESULTS.get(task.action or '', '已处理')}「{task.name}」"
     return line + (f"，意见：{task.comment}" if task.comment else "")
+
+
+def result_of(session: Session, task: Task, user_id: str) -> str:
+    """What `user_id`'s card on `task` says now that it is not theirs to decide (a late click's answer)."""
+    instance = session.get(Instance, task.instance_id)
+    names = _names(session, {*task.candidates, task.delegate_id, task.owner_id})
+    reason = _cancel_reasons(session, instance.id, [task.id]).get(task.id) if task.status == "cancelled" else None
+    return cards.result_for(task, user_id, instance, names, reason)
 
 
 def _names(session: Session, users: set[str]) -> dict[str, str]:

@@ -21,12 +21,13 @@ from sqlalchemy.orm import Session
 
 from adapters.wecom.client import WeComError, client
 from adapters.wecom.config import WeComConfig
+from adapters.wecom.deliveries import result_of
 from adapters.wecom.models import WeComCallback, WeComCard
 from engine import clock
 from engine.db import transaction
 from engine.errors import Conflict, FinflowError, Forbidden
 from engine.history import Actor
-from engine.models import Instance, Task, User
+from engine.models import Task, User
 from engine.services.tasks import complete_task, record_refused_action
 
 log = logging.getLogger("finflow.wecom.inbound")
@@ -150,19 +151,9 @@ def _refuse(session: Session, task_id: str, user_id: str, action: str, reason: s
 
 
 def _finished_text(session: Session, task_id: str, user_id: str) -> str:
-    """What a card shows when its task was no longer open: the clicker's own decision, someone else's,
-    or a withdrawal."""
+    """What a card shows when its task was no longer open for the clicker: the same words as the card update."""
     task = session.get(Task, task_id)
-    instance = session.get(Instance, task.instance_id) if task is not None else None
-    if task is None or instance is None:
-        return NOT_ALLOWED
-    if instance.status == "withdrawn":
-        return "已撤回"
-    if task.status == "completed":
-        return "已处理" if task.assignee_id == user_id else "已被他人处理"
-    if task.status == "cancelled":
-        return "已撤回" if instance.status != "running" and instance.outcome is None else "已被他人处理"
-    return "已处理"
+    return NOT_ALLOWED if task is None else result_of(session, task, user_id)
 
 
 def _apply_contact_change(callback_id: int, event: dict[str, str], database_url: str | None) -> str:

@@ -5,16 +5,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal, InvalidOperation
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from engine.finance.money import fmt
 from engine.models import HistoryEvent, Instance, User
 from engine.runner.model import ProcessModel
+from engine.services.forms import shown_fields
 
 CHINA = ZoneInfo("Asia/Shanghai")
 STATUS = {"running": "审批中", "completed": "已完成", "withdrawn": "已撤回", "cancelled": "已取消", "failed": "已出错"}
@@ -39,35 +38,11 @@ class Step:
     note: str | None
 
 
-def money(value: Any) -> str:
-    try:
-        return f"¥{fmt(Decimal(str(value)))}"
-    except (InvalidOperation, ValueError):
-        return str(value)
-
-
-def mask(value: Any) -> str:
-    """Keep the first and last 4 characters of a sensitive value: 6222 **** **** 1234."""
-    text = str(value).replace(" ", "")
-    return f"{text[:4]} **** **** {text[-4:]}" if len(text) > 8 else "****"
-
-
 def facts(model: ProcessModel, instance: Instance) -> list[tuple[str, str]]:
     """(label, value) of the start form's x-card fields, money as ¥…, x-sensitive masked."""
-    properties = model.form(model.start_form).get("properties", {})
-    shown = []
-    for name, field in properties.items():
-        value = instance.data.get(name)
-        if not field.get("x-card") and not field.get("x-sensitive") or value in (None, ""):
-            continue
-        if field.get("x-sensitive"):
-            text = mask(value)
-        elif field.get("x-money"):
-            text = money(value)
-        else:
-            text = str(value)
-        shown.append((field.get("title", name), text))
-    return shown
+    form = model.form(model.start_form)
+    names = [n for n, p in form.get("properties", {}).items() if p.get("x-card") or p.get("x-sensitive")]
+    return shown_fields(form, instance.data, names)
 
 
 def names(session: Session, ids: set[str]) -> dict[str, str]:

@@ -19,9 +19,10 @@ from sqlalchemy.orm import Session
 from adapters.wecom.config import WeComConfig
 from api.web import blp
 from api.web.pages import current_login, error_page, page
-from api.web.summary import facts, money, names, status_text, timeline
+from api.web.summary import facts, names, status_text, timeline
 from engine.db import transaction
 from engine.errors import FinflowError
+from engine.finance.money import yuan
 from engine.history import Actor
 from engine.models import Instance, Task, User
 from engine.services.deployments import model_for
@@ -142,7 +143,7 @@ def _instance_context(session: Session, instance: Instance) -> dict:
     starter = names(session, {instance.starter_id})
     return {"instance": instance, "process_name": model.name, "facts": facts(model, instance),
             "applicant": starter.get(instance.starter_id, instance.starter_id),
-            "amount": money(instance.amount) if instance.amount is not None else None,
+            "amount": yuan(instance.amount) if instance.amount is not None else None,
             "status": status_text(instance), "steps": timeline(session, instance.id)}
 
 

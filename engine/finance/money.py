@@ -48,3 +48,11 @@ def is_finite_number(value: Any) -> bool:
 def fmt(amount: Decimal) -> str:
     """A display amount with thousands separators, as finance people read it: 12,345.60."""
     return f"{amount:,.2f}"
+
+
+def yuan(value: Any) -> str:
+    """An amount as approvers read it on a card or a page, ¥12,800.00; anything not a number as it is."""
+    try:
+        return f"¥{fmt(Decimal(str(value)))}"
+    except (InvalidOperation, ValueError):
+        return str(value)

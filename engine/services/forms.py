@@ -8,6 +8,7 @@ comparison with NaN is false, and a false comparison must never skip an approval
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -15,7 +16,7 @@ import jsonschema
 from jsonschema import validators
 
 from engine.errors import InvalidInput
-from engine.finance.money import MAX_AMOUNT, MoneyError, is_finite_number, to_money
+from engine.finance.money import MAX_AMOUNT, MoneyError, is_finite_number, to_money, yuan
 
 Errors = dict[str, list[str]]
 
@@ -117,3 +118,29 @@ def _message(error: jsonschema.ValidationError) -> str:
     if error.validator == "type":
         return f"must be of type {error.validator_value}"
     return error.message
+
+
+# -- showing a form's values to approvers (WeCom cards, the approver page) ------------------------------
+
+
+def mask(value: Any) -> str:
+    """An x-sensitive value (account, ID number) with only its first and last four characters: 6222 **** **** 1234."""
+    text = re.sub(r"\s+", "", str(value))
+    if len(text) <= 8:
+        return text[:1] + "*" * max(0, len(text) - 1)
+    return f"{text[:4]} **** **** {text[-4:]}"
+
+
+def shown_fields(schema: dict[str, Any], data: dict[str, Any], names: list[str] | None = None) -> list[tuple[str, str]]:
+    """(label, text) of the fields approvers see: `names` in that order, else those marked x-card; empty and
+    structured values left out, x-sensitive masked, x-money as ¥…."""
+    properties = schema.get("properties", {})
+    chosen = names if names is not None else [n for n, p in properties.items() if p.get("x-card")]
+    shown = []
+    for name in chosen:
+        spec, value = properties.get(name, {}), data.get(name)
+        if value in (None, "") or isinstance(value, dict | list):
+            continue
+        text = mask(value) if spec.get("x-sensitive") else yuan(value) if spec.get("x-money") else str(value)
+        shown.append((str(spec.get("title") or name), text))
+    return shown
