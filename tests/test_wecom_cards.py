@@ -9,14 +9,15 @@ from pathlib import Path
 from sqlalchemy import select
 
 from adapters.wecom.models import WeComCard
-from engine import clock
+from engine import clock, timers
 from engine.db import transaction
 from engine.history import Actor
 from engine.outbox.sweeper import sweep
 from engine.services.deployments import deploy
-from engine.services.instances import urge_instance, withdraw_instance
+from engine.services.instances import copy_instance, urge_instance, withdraw_instance
 from engine.services.tasks import add_signers, delegate_task, return_task, transfer_task
 from tests.helpers import act, claim, contract, payment, ready, start
+from tests.test_timers import TIMED, deploy_text
 from tests.wecom_support import wecom  # noqa: F401  (the fixture)
 
 PROCESSES = Path(__file__).resolve().parent.parent / "processes"
@@ -183,3 +184,22 @@ def test_a_node_template_sets_the_cards_title_and_fields(wecom):  # noqa: F811
     body = only_card(wecom.sim, MANAGER)["template_card"]
     assert body["main_title"]["title"] == "苏晓云的报销 ¥8,000.00 {typo}"  # an unknown placeholder stays text
     assert [f["keyname"] for f in body["horizontal_content_list"]][:2] == ["报销事由", "费用类别"]
+
+
+def test_a_cc_and_a_timers_reminder_and_timeout_reach_wecom(wecom):  # noqa: F811
+    deploy_text("timed", TIMED.replace("{action}", "approve"))
+    instance_id = start("timed", STARTER, {})
+    finance_cards = {u: only_card(wecom.sim, u) for u in FINANCE}
+    with transaction() as session:
+        copy_instance(session, Actor(STARTER), instance_id, ["xulan"], "供参考")
+    [cc] = [m for m in wecom.sim.inbox("xulan") if m["msgtype"] == "textcard"]
+    assert cc["textcard"]["title"].startswith("抄送") and f"/m/instances/{instance_id}" in cc["textcard"]["url"]
+
+    clock.advance(timedelta(hours=25))
+    assert timers.fire_due() == 1  # the 24 h reminder, sent by the timer through the same path
+    for user in FINANCE:
+        texts = [m["text"]["content"] for m in wecom.sim.inbox(user) if m["msgtype"] == "text"]
+        assert len(texts) == 1 and "审批提醒" in texts[0], user
+    clock.advance(timedelta(hours=48))
+    timers.fire_due()  # the 72 h timeout approves: every card shows that nobody has it any more
+    assert {wecom.sim.card(u, c["task_id"])["state"] for u, c in finance_cards.items()} == {"已被他人处理"}
