@@ -48,24 +48,28 @@ def clicker(plan_path: str, out_path: str) -> None:
     t0 = time.time() + 0.5
 
     def one(i: int, click: dict) -> dict:
+        if "body" in click:  # a replay: the very bytes sent before
+            return post(i, click, click["body"], click["params"])
         xml = ("<xml>" + "".join(f"<{k}><![CDATA[{v}]]></{k}>" for k, v in {
             "ToUserName": plan["corp_id"], "FromUserName": click["user"], "CreateTime": str(int(time.time())),
             "MsgType": "event", "Event": "template_card_event", "TaskId": click["card_key"],
-            "CardType": "button_interaction", "EventKey": click["key"], "ResponseCode": secrets.token_hex(8),
+            "CardType": "button_interaction", "EventKey": click["key"], "ResponseCode": click["response_code"],
             "AgentID": str(plan["agent_id"])}.items()) + "</xml>")
         nonce, timestamp = secrets.token_hex(8), str(int(time.time()))
         body = crypt.seal(xml, nonce, timestamp)
         signature = body.split("<MsgSignature><![CDATA[")[1].split("]]>")[0]
+        return post(i, click, body, {"msg_signature": signature, "timestamp": timestamp, "nonce": nonce})
+
+    def post(i: int, click: dict, body: str, params: dict) -> dict:
         delay = t0 + i / plan["rate"] - time.time()
         if delay > 0:
             time.sleep(delay)
         times = []
-        for _ in range(2 if i % 20 == 0 else 1):
+        for _ in range(2 if i % 20 == 0 and "body" not in click else 1):
             sent = time.time()
-            answer = client.post(plan["url"], content=body.encode(), params={
-                "msg_signature": signature, "timestamp": timestamp, "nonce": nonce})
+            answer = client.post(plan["url"], content=body.encode(), params=params)
             times.append({"sent": sent, "ack_ms": (time.time() - sent) * 1000, "status": answer.status_code})
-        return {"task_id": click["task_id"], "attempts": times}
+        return {"task_id": click["task_id"], "attempts": times, "body": body, "params": params}
 
     with ThreadPoolExecutor(max_workers=48) as pool:
         results = list(pool.map(lambda pair: one(*pair), enumerate(plan["clicks"])))
@@ -183,7 +187,8 @@ def run(args: argparse.Namespace, children: list[subprocess.Popen]) -> None:
     children.extend([server, *workers])
     wait(lambda: _answers(f"http://127.0.0.1:{port}/api/v1/health"), 30, "finflow serve to answer")
     with transaction(url, readonly=True) as session:
-        planned = [{"user": c.user_id, "card_key": c.card_key, "key": f"approve:{c.task_id}", "task_id": c.task_id}
+        planned = [{"user": c.user_id, "card_key": c.card_key, "key": f"approve:{c.task_id}", "task_id": c.task_id,
+                    "response_code": c.response_code}
                    for c in session.scalars(select(WeComCard).where(WeComCard.user_id == MANAGER))]
     plan = {"url": sim.callback_url, "rate": args.click_rate, "clicks": planned, "token": config.token,
             "aes_key": config.aes_key, "corp_id": config.corp_id, "agent_id": config.agent_id}
@@ -193,7 +198,7 @@ def run(args: argparse.Namespace, children: list[subprocess.Popen]) -> None:
     results = json.loads((WORKDIR / "acks.json").read_text())
     acks = [a["ack_ms"] for r in results for a in r["attempts"]]
     bad = sum(1 for r in results for a in r["attempts"] if a["status"] != 200)
-    wait(lambda: _applied(url, select, func, WeComCallback) >= len(planned), 600, "every click applied")
+    wait(lambda: _applied(url, select, func, WeComCallback) >= len(planned), 1200, "every click applied")
     ack = common.spread(acks)
     print(f"callbacks: {len(acks)} POSTs ({len(acks) - len(planned)} WeCom retries) at {args.click_rate:.0f}/s "
           f"for {len(planned) / args.click_rate:.0f} s: ack p50 {ack['p50']:.1f} ms, p99 {ack['p99']:.1f} ms, "
@@ -210,13 +215,32 @@ def run(args: argparse.Namespace, children: list[subprocess.Popen]) -> None:
     print(f"click → task completed: p50 {spread['p50']:.0f} ms, p99 {spread['p99']:.0f} ms; "
           f"{once} of {len(planned)} tasks decided exactly once (none twice: {all(n == 1 for _, n in decisions)})")
 
+    # 2b. the same burst again, byte for byte (WeCom retrying every click) with the workers stopped: what the
+    #     endpoint alone answers in on this machine, and that a retry stores and decides nothing
+    common.stop_processes(workers)
+    with transaction(url, readonly=True) as session:
+        stored = session.scalar(select(func.count()).select_from(WeComCallback))
+    plan["clicks"] = [{"task_id": r["task_id"], "body": r["body"], "params": r["params"]} for r in results]
+    (WORKDIR / "replay.json").write_text(json.dumps(plan))
+    subprocess.run([sys.executable, __file__, "--clicker", str(WORKDIR / "replay.json"), str(WORKDIR / "acks3.json")],
+                   check=True)
+    replayed = json.loads((WORKDIR / "acks3.json").read_text())
+    ack = common.spread([a["ack_ms"] for r in replayed for a in r["attempts"]])
+    with transaction(url, readonly=True) as session:
+        added = session.scalar(select(func.count()).select_from(WeComCallback)) - stored
+    print(f"the burst replayed byte for byte (WeCom's retries), {len(replayed)} POSTs at {args.click_rate:.0f}/s, "
+          f"workers stopped: ack p50 {ack['p50']:.1f} ms, p99 {ack['p99']:.1f} ms, max {ack['max']:.1f} ms; "
+          f"callbacks stored again: {added}")
+    workers = [common.start_worker(["--queues", "channels"], env, log) for _ in range(2)]
+    children.extend(workers)
+
     # 3. or-sign: one finance click, the other three cards updated
     wait(lambda: cards("sent", FINANCE) >= 4 * min(args.orsign_clicks, len(planned)), 600, "finance cards sent")
     with transaction(url, readonly=True) as session:
         chosen = list(session.scalars(select(WeComCard).where(
             WeComCard.user_id == "yangxue", WeComCard.status == "sent").limit(args.orsign_clicks)))
         plan["clicks"] = [{"user": c.user_id, "card_key": c.card_key, "key": f"approve:{c.task_id}",
-                           "task_id": c.task_id} for c in chosen]
+                           "task_id": c.task_id, "response_code": c.response_code} for c in chosen]
     plan["rate"] = 50.0
     (WORKDIR / "plan2.json").write_text(json.dumps(plan))
     subprocess.run([sys.executable, __file__, "--clicker", str(WORKDIR / "plan2.json"), str(WORKDIR / "acks2.json")],
@@ -234,6 +258,10 @@ def run(args: argparse.Namespace, children: list[subprocess.Popen]) -> None:
     spread = common.spread([(at.timestamp() - sent_at[t]) * 1000 for t, at in updated()])
     print(f"click → other or-sign candidates' cards updated ({len(updated())} cards, clicks at 50/s): "
           f"p50 {spread['p50']:.0f} ms, p99 {spread['p99']:.0f} ms")
+
+    with transaction(url, readonly=True) as session:
+        states = dict(session.execute(select(WeComCard.status, func.count()).group_by(WeComCard.status)).all())
+    print("cards at the end: " + ", ".join(f"{n} {status}" for status, n in sorted(states.items())))
     common.stop_processes([server, *workers])
     sim.stop()
 
