@@ -52,7 +52,7 @@ from adapters.wecom.org_apply import (
 from engine import clock
 from engine.db import transaction
 from engine.models import Department, User, UserRole
-from engine.org.directory import ensure_roles
+from engine.org.directory import ensure_roles, parents_first
 
 log = logging.getLogger("finflow.wecom.sync")
 SHANGHAI = ZoneInfo("Asia/Shanghai")
@@ -91,7 +91,7 @@ def apply_snapshot(session: Session, snapshot: dict[str, Any], mapping: Mapping,
     departments = snapshot["departments"]
     known = {d["id"] for d in departments}
     heads = _department_heads(departments, snapshot["users"].values())
-    for d in _parents_first(departments):
+    for d in parents_first(departments, "parentid"):
         parent = d.get("parentid")
         upsert_department(session, {"id": mapping.department(d["id"]), "name": d["name"],
                                     "parent_id": mapping.department(parent) if parent in known else None,
@@ -116,22 +116,6 @@ def _department_heads(departments: list[dict[str, Any]], users) -> dict[int, str
             if leader:
                 heads.setdefault(department, wx["userid"])
     return heads
-
-
-def _parents_first(departments: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    by_id, ordered, seen = {d["id"]: d for d in departments}, [], set()
-
-    def visit(d: dict[str, Any]) -> None:
-        if d["id"] in seen:
-            return
-        seen.add(d["id"])
-        if d.get("parentid") in by_id:
-            visit(by_id[d["parentid"]])
-        ordered.append(d)
-
-    for d in departments:
-        visit(d)
-    return ordered
 
 
 def _children_first(session: Session, keep: set[str]) -> list[str]:

@@ -43,7 +43,7 @@ def ensure_roles(session: Session) -> None:
 def load_org(session: Session, org: dict[str, Any]) -> dict[str, int]:
     """Insert or update departments, users, roles, groups and budgets from an org document."""
     ensure_roles(session)
-    for d in _parents_first(org["departments"]):
+    for d in parents_first(org["departments"]):
         session.merge(Department(id=d["id"], name=d["name"], parent_id=d.get("parent"), head_id=d.get("head")))
     session.flush()
     for u in org["users"]:
@@ -91,17 +91,19 @@ def load_demo_org(session: Session) -> dict[str, int]:
     return load_org(session, json.loads(DEMO_ORG.read_text(encoding="utf-8")))
 
 
-def _parents_first(departments: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def parents_first(departments: list[dict[str, Any]], parent_key: str = "parent") -> list[dict[str, Any]]:
+    """Departments ordered so each comes after its parent (a loader inserts them in this order, so a
+    parent's row exists before its children point at it); `parent_key` names the parent id's field."""
     by_id = {d["id"]: d for d in departments}
     ordered: list[dict[str, Any]] = []
     seen: set[str] = set()
 
-    def visit(d):
+    def visit(d: dict[str, Any]) -> None:
         if d["id"] in seen:
             return
         seen.add(d["id"])
-        if d.get("parent") in by_id:
-            visit(by_id[d["parent"]])
+        if d.get(parent_key) in by_id:
+            visit(by_id[d[parent_key]])
         ordered.append(d)
 
     for d in departments:
