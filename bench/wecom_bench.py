@@ -234,8 +234,9 @@ def run(args: argparse.Namespace, children: list[subprocess.Popen]) -> None:
     workers = [common.start_worker(["--queues", "channels"], env, log) for _ in range(2)]
     children.extend(workers)
 
-    # 3. or-sign: one finance click, the other three cards updated
-    wait(lambda: cards("sent", FINANCE) >= 4 * min(args.orsign_clicks, len(planned)), 600, "finance cards sent")
+    # 3. or-sign: one finance click, the other three cards updated — once the backlog the burst made (four
+    #    finance cards per approval) is sent, so the clicks do not queue behind it
+    wait(lambda: _backlog(url, select, func, OutboxMessage) == 0, 3600, "the cards backlog sent")
     with transaction(url, readonly=True) as session:
         chosen = list(session.scalars(select(WeComCard).where(
             WeComCard.user_id == "yangxue", WeComCard.status == "sent").limit(args.orsign_clicks)))
@@ -280,6 +281,14 @@ def _answers(url: str) -> bool:
         return httpx.get(url, timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def _backlog(url, select, func, model) -> int:
+    from engine.db import transaction
+
+    with transaction(url, readonly=True) as session:
+        return session.scalar(select(func.count()).select_from(model).where(
+            model.subscription == "wecom.cards", model.status == "pending")) or 0
 
 
 def _applied(url, select, func, model) -> int:
