@@ -121,11 +121,12 @@ def reconcile(session: Session, context: _Context) -> list[Op]:
     context.names.update(_names(session, {u for r in rows.values() for u in r.candidates} | {
         u for _, u in latest} | {u for r in rows.values() for u in (r.delegate_id, r.owner_id) if u}))
     ops = [op for pair in open_pairs if (op := _card_op(session, context, rows[pair[0]], pair[1], latest.get(pair)))]
-    reasons = _cancel_reasons(session, instance.id, [r.id for r in rows.values() if r.status == "cancelled"])
+    closing = [(pair, card) for pair, card in latest.items()
+               if pair not in open_pairs and card.status in ("sent", "pending")]
+    reasons = _cancel_reasons(session, instance.id, sorted(
+        {task_id for (task_id, _), _ in closing if rows[task_id].status == "cancelled"}))
     now = clock.now()
-    for (task_id, user_id), card in latest.items():
-        if (task_id, user_id) in open_pairs or card.status not in ("sent", "pending"):
-            continue
+    for (task_id, user_id), card in closing:
         result = cards.result_for(rows[task_id], user_id, instance, context.names, reasons.get(task_id))
         if card.status == "pending":  # closed before it ever reached WeCom: nothing to update
             card.status, card.result, card.updated_at = "updated", result, now
