@@ -2,7 +2,7 @@
 acknowledgement latency under a burst of clicks from another process, click → task completed, and click →
 the other or-sign candidates' cards updated.
 
-    python bench/wecom_bench.py [--tasks 2000] [--click-rate 200] [--orsign-clicks 200]
+    python bench/wecom_bench.py [--tasks 2000] [--click-rate 200] [--click-seconds 20] [--orsign-clicks 200]
 
 Real parts: PostgreSQL, Redis, `finflow serve` (waitress) receiving the callbacks, `finflow worker` processes,
 and the WeCom simulator (adapters/wecom/simulator) in this process, reached over HTTP. Figures are printed,
@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import secrets
 import socket
 import subprocess
 import sys
@@ -32,9 +31,18 @@ WORKDIR = Path(os.environ.get("FINFLOW_WECOM_BENCH_DIR") or tempfile.mkdtemp(pre
 os.environ["FINFLOW_WECOM_BENCH_DIR"] = str(WORKDIR)
 os.environ["FINFLOW_DATA_DIR"] = str(WORKDIR)
 
+sys.path.insert(0, str(ROOT / "bench"))
+
+import common  # noqa: E402
 import httpx  # noqa: E402
+from sqlalchemy import delete, func, select, update  # noqa: E402
 
 from adapters.wecom.crypto import MsgCrypt  # noqa: E402
+from adapters.wecom.models import WeComCallback, WeComCard  # noqa: E402
+from adapters.wecom.simulator.server import click_event, sealed  # noqa: E402
+from engine.db import transaction  # noqa: E402
+from engine.models import HistoryEvent, Task  # noqa: E402
+from engine.outbox.models import OutboxMessage  # noqa: E402
 
 MANAGER, FINANCE = "guoxin", ["liuli", "yangxue", "zhuwei", "gaoyan"]
 
@@ -50,15 +58,9 @@ def clicker(plan_path: str, out_path: str) -> None:
     def one(i: int, click: dict) -> dict:
         if "body" in click:  # a replay: the very bytes sent before
             return post(i, click, click["body"], click["params"])
-        xml = ("<xml>" + "".join(f"<{k}><![CDATA[{v}]]></{k}>" for k, v in {
-            "ToUserName": plan["corp_id"], "FromUserName": click["user"], "CreateTime": str(int(time.time())),
-            "MsgType": "event", "Event": "template_card_event", "TaskId": click["card_key"],
-            "CardType": "button_interaction", "EventKey": click["key"], "ResponseCode": click["response_code"],
-            "AgentID": str(plan["agent_id"])}.items()) + "</xml>")
-        nonce, timestamp = secrets.token_hex(8), str(int(time.time()))
-        body = crypt.seal(xml, nonce, timestamp)
-        signature = body.split("<MsgSignature><![CDATA[")[1].split("]]>")[0]
-        return post(i, click, body, {"msg_signature": signature, "timestamp": timestamp, "nonce": nonce})
+        event = click_event(plan["corp_id"], plan["agent_id"], click["user"], click["card_key"], click["key"],
+                            click["response_code"])
+        return post(i, click, *sealed(crypt, event))
 
     def post(i: int, click: dict, body: str, params: dict) -> dict:
         delay = t0 + i / plan["rate"] - time.time()
@@ -93,24 +95,13 @@ def main() -> None:
     try:
         run(args, children)
     finally:  # a failed run must not leave workers behind to steal the next run's jobs
-        sys.path.insert(0, str(ROOT / "bench"))
-        import common
-
         common.stop_processes(children)
 
 
 def run(args: argparse.Namespace, children: list[subprocess.Popen]) -> None:
-    sys.path.insert(0, str(ROOT / "bench"))
-    import common
-    from sqlalchemy import delete, func, select, update
-
     from adapters.wecom.client import WeComClient
-    from adapters.wecom.models import WeComCallback, WeComCard
     from adapters.wecom.simulator import Simulator
-    from engine.db import transaction
-    from engine.models import HistoryEvent, Task
     from engine.outbox import dispatch
-    from engine.outbox.models import OutboxMessage
 
     url, redis_version = common.use_services(PG_URL, REDIS_URL, flush=True)
     common.fresh_database(url, "the WeCom bench")
@@ -127,14 +118,8 @@ def run(args: argparse.Namespace, children: list[subprocess.Popen]) -> None:
                                                     ("Redis", redis_version)]))
     redis = dispatch.connection(REDIS_URL)
 
-    def cards(status: str | None = None, users: list[str] | None = None) -> int:
-        with transaction(url, readonly=True) as session:
-            stmt = select(func.count()).select_from(WeComCard)
-            if status:
-                stmt = stmt.where(WeComCard.status == status)
-            if users:
-                stmt = stmt.where(WeComCard.user_id.in_(users))
-            return session.scalar(stmt) or 0
+    def cards(*criteria) -> int:
+        return count(url, WeComCard, *criteria)
 
     # 0. what the simulated WeCom takes on its own
     direct = WeComClient(config, redis)
@@ -157,7 +142,7 @@ def run(args: argparse.Namespace, children: list[subprocess.Popen]) -> None:
     print(f"backlog: {backlog} reimbursements started in {time.perf_counter() - t0:.0f} s")
     env = common.worker_env(url, REDIS_URL, **config.env())
     log = WORKDIR / "workers.log"
-    for count in (1, 2):
+    for worker_count in (1, 2):
         with transaction(url) as session:
             session.execute(delete(WeComCard))
             session.execute(update(OutboxMessage).where(OutboxMessage.subscription == "wecom.cards").values(
@@ -166,16 +151,16 @@ def run(args: argparse.Namespace, children: list[subprocess.Popen]) -> None:
                 OutboxMessage.subscription == "wecom.cards"))]
         sim.clear()
         redis.flushdb()
-        workers = [common.start_worker(["--queues", "channels"], env, log) for _ in range(count)]
+        workers = [common.start_worker(["--queues", "channels"], env, log) for _ in range(worker_count)]
         children.extend(workers)
-        wait(lambda c=count, w=workers: common.listening_workers(redis, {p.pid for p in w}) == c, 30, "workers")
+        wait(lambda c=worker_count, w=workers: common.listening_workers(redis, {p.pid for p in w}) == c, 30, "workers")
         t0 = time.perf_counter()
         dispatch.enqueue(rows)
-        wait(lambda: cards("sent") >= args.tasks, 600, f"{args.tasks} cards sent")
+        wait(lambda: cards(WeComCard.status == "sent") >= args.tasks, 600, f"{args.tasks} cards sent")
         seconds = time.perf_counter() - t0  # the first --tasks cards; the rest of the backlog is for the clicks
-        wait(lambda: cards("sent") >= backlog, 1200, f"{backlog} cards sent")
+        wait(lambda: cards(WeComCard.status == "sent") >= backlog, 1200, f"{backlog} cards sent")
         common.stop_processes(workers)
-        print(f"cards, {count} worker(s): {args.tasks} in {seconds:.1f} s = {args.tasks / seconds:.0f} cards/s "
+        print(f"cards, {worker_count} worker(s): {args.tasks} in {seconds:.1f} s = {args.tasks / seconds:.0f} cards/s "
               f"({args.tasks / seconds / sim_rate:.0%} of the simulator's own {sim_rate:.0f} sends/s from one "
               f"client: {'finflow' if args.tasks / seconds < 0.8 * sim_rate else 'WeCom'} is the bound)")
 
@@ -186,19 +171,14 @@ def run(args: argparse.Namespace, children: list[subprocess.Popen]) -> None:
     workers = [common.start_worker(["--queues", "channels"], env, log) for _ in range(2)]
     children.extend([server, *workers])
     wait(lambda: _answers(f"http://127.0.0.1:{port}/api/v1/health"), 30, "finflow serve to answer")
-    with transaction(url, readonly=True) as session:
-        planned = [{"user": c.user_id, "card_key": c.card_key, "key": f"approve:{c.task_id}", "task_id": c.task_id,
-                    "response_code": c.response_code}
-                   for c in session.scalars(select(WeComCard).where(WeComCard.user_id == MANAGER))]
+    planned = approvals(url, WeComCard.user_id == MANAGER)
     plan = {"url": sim.callback_url, "rate": args.click_rate, "clicks": planned, "token": config.token,
             "aes_key": config.aes_key, "corp_id": config.corp_id, "agent_id": config.agent_id}
-    (WORKDIR / "plan.json").write_text(json.dumps(plan))
-    subprocess.run([sys.executable, __file__, "--clicker", str(WORKDIR / "plan.json"), str(WORKDIR / "acks.json")],
-                   check=True)
-    results = json.loads((WORKDIR / "acks.json").read_text())
+    results = click(plan, "burst")
     acks = [a["ack_ms"] for r in results for a in r["attempts"]]
     bad = sum(1 for r in results for a in r["attempts"] if a["status"] != 200)
-    wait(lambda: _applied(url, select, func, WeComCallback) >= len(planned), 1200, "every click applied")
+    wait(lambda: count(url, WeComCallback, WeComCallback.status != "received") >= len(planned), 1200,
+         "every click applied")
     ack = common.spread(acks)
     print(f"callbacks: {len(acks)} POSTs ({len(acks) - len(planned)} WeCom retries) at {args.click_rate:.0f}/s "
           f"for {len(planned) / args.click_rate:.0f} s: ack p50 {ack['p50']:.1f} ms, p99 {ack['p99']:.1f} ms, "
@@ -218,16 +198,11 @@ def run(args: argparse.Namespace, children: list[subprocess.Popen]) -> None:
     # 2b. the same burst again, byte for byte (WeCom retrying every click) with the workers stopped: what the
     #     endpoint alone answers in on this machine, and that a retry stores and decides nothing
     common.stop_processes(workers)
-    with transaction(url, readonly=True) as session:
-        stored = session.scalar(select(func.count()).select_from(WeComCallback))
-    plan["clicks"] = [{"task_id": r["task_id"], "body": r["body"], "params": r["params"]} for r in results]
-    (WORKDIR / "replay.json").write_text(json.dumps(plan))
-    subprocess.run([sys.executable, __file__, "--clicker", str(WORKDIR / "replay.json"), str(WORKDIR / "acks3.json")],
-                   check=True)
-    replayed = json.loads((WORKDIR / "acks3.json").read_text())
+    stored = count(url, WeComCallback)
+    replayed = click({**plan, "clicks": [{"task_id": r["task_id"], "body": r["body"], "params": r["params"]}
+                                         for r in results]}, "replay")
     ack = common.spread([a["ack_ms"] for r in replayed for a in r["attempts"]])
-    with transaction(url, readonly=True) as session:
-        added = session.scalar(select(func.count()).select_from(WeComCallback)) - stored
+    added = count(url, WeComCallback) - stored
     print(f"the burst replayed byte for byte (WeCom's retries), {len(replayed)} POSTs at {args.click_rate:.0f}/s, "
           f"workers stopped: ack p50 {ack['p50']:.1f} ms, p99 {ack['p99']:.1f} ms, max {ack['max']:.1f} ms; "
           f"callbacks stored again: {added}")
@@ -236,17 +211,10 @@ def run(args: argparse.Namespace, children: list[subprocess.Popen]) -> None:
 
     # 3. or-sign: one finance click, the other three cards updated — once the backlog the burst made (four
     #    finance cards per approval) is sent, so the clicks do not queue behind it
-    wait(lambda: _backlog(url, select, func, OutboxMessage) == 0, 3600, "the cards backlog sent")
-    with transaction(url, readonly=True) as session:
-        chosen = list(session.scalars(select(WeComCard).where(
-            WeComCard.user_id == "yangxue", WeComCard.status == "sent").limit(args.orsign_clicks)))
-        plan["clicks"] = [{"user": c.user_id, "card_key": c.card_key, "key": f"approve:{c.task_id}",
-                           "task_id": c.task_id, "response_code": c.response_code} for c in chosen]
-    plan["rate"] = 50.0
-    (WORKDIR / "plan2.json").write_text(json.dumps(plan))
-    subprocess.run([sys.executable, __file__, "--clicker", str(WORKDIR / "plan2.json"), str(WORKDIR / "acks2.json")],
-                   check=True)
-    results = json.loads((WORKDIR / "acks2.json").read_text())
+    wait(lambda: count(url, OutboxMessage, OutboxMessage.subscription == "wecom.cards",
+                       OutboxMessage.status == "pending") == 0, 3600, "the cards backlog sent")
+    chosen = approvals(url, WeComCard.user_id == "yangxue", WeComCard.status == "sent", limit=args.orsign_clicks)
+    results = click({**plan, "rate": 50.0, "clicks": chosen}, "orsign")
     sent_at = {r["task_id"]: r["attempts"][0]["sent"] for r in results}
     others = [u for u in FINANCE if u != "yangxue"]
 
@@ -269,11 +237,29 @@ def run(args: argparse.Namespace, children: list[subprocess.Popen]) -> None:
 
 def wait(predicate, timeout: float, what: str) -> None:
     """Wait for `predicate`, or stop the run saying what never happened (a figure taken anyway would lie)."""
-    sys.path.insert(0, str(ROOT / "bench"))
-    import common
-
     if not common.wait_until(predicate, timeout):
         raise SystemExit(f"gave up after {timeout:.0f} s waiting for {what}; see the logs in {WORKDIR}")
+
+
+def count(url: str, model, *criteria) -> int:
+    with transaction(url, readonly=True) as session:
+        return session.scalar(select(func.count()).select_from(model).where(*criteria)) or 0
+
+
+def approvals(url: str, *criteria, limit: int | None = None) -> list[dict]:
+    """An approve click planned for each card matching `criteria`, with the card's real response code."""
+    with transaction(url, readonly=True) as session:
+        return [{"user": c.user_id, "card_key": c.card_key, "key": f"approve:{c.task_id}", "task_id": c.task_id,
+                 "response_code": c.response_code}
+                for c in session.scalars(select(WeComCard).where(*criteria).order_by(WeComCard.id).limit(limit))]
+
+
+def click(plan: dict, name: str) -> list[dict]:
+    """Run the planned clicks from a separate clicker process; what each POST took and answered."""
+    plan_path, out_path = WORKDIR / f"{name}.plan.json", WORKDIR / f"{name}.acks.json"
+    plan_path.write_text(json.dumps(plan))
+    subprocess.run([sys.executable, __file__, "--clicker", str(plan_path), str(out_path)], check=True)
+    return json.loads(out_path.read_text())
 
 
 def _answers(url: str) -> bool:
@@ -281,21 +267,6 @@ def _answers(url: str) -> bool:
         return httpx.get(url, timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
-
-
-def _backlog(url, select, func, model) -> int:
-    from engine.db import transaction
-
-    with transaction(url, readonly=True) as session:
-        return session.scalar(select(func.count()).select_from(model).where(
-            model.subscription == "wecom.cards", model.status == "pending")) or 0
-
-
-def _applied(url, select, func, model) -> int:
-    from engine.db import transaction
-
-    with transaction(url, readonly=True) as session:
-        return session.scalar(select(func.count()).select_from(model).where(model.status != "received")) or 0
 
 
 if __name__ == "__main__":

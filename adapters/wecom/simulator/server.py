@@ -52,6 +52,22 @@ def _err(errcode: int, errmsg: str) -> dict[str, Any]:
     return {"errcode": errcode, "errmsg": f"{errmsg}, hint: [simulator]"}
 
 
+def click_event(corp_id: str, agent_id: int, userid: str, task_id: str, key: str, code: str) -> dict[str, str]:
+    """The template_card_event WeCom sends when `userid` presses button `key` on card `task_id`."""
+    return {"ToUserName": corp_id, "FromUserName": userid, "CreateTime": str(int(time.time())), "MsgType": "event",
+            "Event": "template_card_event", "TaskId": task_id, "CardType": "button_interaction", "EventKey": key,
+            "ResponseCode": code, "AgentID": str(agent_id)}
+
+
+def sealed(crypt: MsgCrypt, event: dict[str, str]) -> tuple[str, dict[str, str]]:
+    """An event as WeCom POSTs it to the callback URL: the encrypted, signed XML body and its query parameters."""
+    xml = "<xml>" + "".join(f"<{k}><![CDATA[{v}]]></{k}>" for k, v in event.items()) + "</xml>"
+    nonce, timestamp = secrets.token_hex(8), str(int(time.time()))
+    body = crypt.seal(xml, nonce, timestamp)
+    signature = re.search(r"<MsgSignature><!\[CDATA\[(\w+)\]\]>", body).group(1)
+    return body, {"msg_signature": signature, "timestamp": timestamp, "nonce": nonce}
+
+
 class Simulator:
     def __init__(self, org: dict[str, Any] | None = None, *, corp_id: str = DEMO_CREDENTIALS["corp_id"],
                  agent_id: int = DEMO_CREDENTIALS["agent_id"], secret: str = DEMO_CREDENTIALS["secret"],
@@ -171,10 +187,7 @@ class Simulator:
             if not force and self.card(userid, task_id) is None:
                 raise ValueError(f"{userid} has no card {task_id}")
             code = self._issue_code([userid], task_id)
-        return self.send_event({"ToUserName": self.corp_id, "FromUserName": userid, "CreateTime": str(int(time.time())),
-                                "MsgType": "event", "Event": "template_card_event", "TaskId": task_id,
-                                "CardType": "button_interaction", "EventKey": key, "ResponseCode": code,
-                                "AgentID": str(self.agent_id)})
+        return self.send_event(click_event(self.corp_id, self.agent_id, userid, task_id, key, code))
 
     def change_contact(self, change_type: str, **fields: str) -> httpx.Response:
         """A contact change, applied to the simulated org first (a later full sync sees it too), then told."""
@@ -184,11 +197,8 @@ class Simulator:
                                 "MsgType": "event", "Event": "change_contact", "ChangeType": change_type, **fields})
 
     def send_event(self, event: dict[str, str]) -> httpx.Response:
-        xml = "<xml>" + "".join(f"<{k}><![CDATA[{v}]]></{k}>" for k, v in event.items()) + "</xml>"
-        nonce, timestamp = secrets.token_hex(8), str(int(time.time()))
-        body = self.crypt.seal(xml, nonce, timestamp)
-        signature = re.search(r"<MsgSignature><!\[CDATA\[(\w+)\]\]>", body).group(1)
-        return self.post_raw(body.encode(), {"msg_signature": signature, "timestamp": timestamp, "nonce": nonce})
+        body, params = sealed(self.crypt, event)
+        return self.post_raw(body.encode(), params)
 
     def post_raw(self, body: bytes, params: dict[str, str]) -> httpx.Response:
         if not self.callback_url:
