@@ -130,28 +130,28 @@ def token(user_ids: tuple[str, ...], label: str) -> None:
 @main.command()
 @click.option("--host", default=lambda: os.environ.get("FINFLOW_HOST", "127.0.0.1"))
 @click.option("--port", default=lambda: int(os.environ.get("FINFLOW_PORT", "8000")), type=click.IntRange(1, 65535))
-@click.option("--threads", default=8, type=click.IntRange(1, 64))
-def serve(host: str, port: int, threads: int) -> None:
-    """Serve the REST API with waitress."""
-    from waitress import serve as waitress_serve
+@click.option("--threads", default=8, type=click.IntRange(1, 64), help="threads per process")
+@click.option("--processes", default=1, type=click.IntRange(1, 64),
+              help="API processes on one port (gunicorn); more than one needs REDIS_URL")
+def serve(host: str, port: int, threads: int, processes: int) -> None:
+    """Serve the REST API: waitress in this process, or several processes behind one port (gunicorn).
 
-    from api import create_app
+    One Python process runs one thread at a time, so a burst of cheap requests (WeCom callbacks) is bound
+    by one core; more processes share the load the way N hosts do in production."""
     from engine.outbox.dispatch import redis_url
-    from engine.outbox.sweeper import SweeperThread
-    from engine.outbox.worker import periodic
 
-    app = create_app()
-    sweeper = None
-    if redis_url() is None:  # embedded mode: no worker runs retries or timers, so this process does
-        sweeper = SweeperThread(work=periodic())
-        sweeper.start()
-        click.echo("embedded mode (no REDIS_URL): side effects and timers run in this process")
+    if processes > 1 and redis_url() is None:
+        raise click.UsageError("--processes above 1 needs REDIS_URL: in embedded mode side effects and timers "
+                               "run inside the one API process")
     click.echo(f"finflow API on http://{host}:{port}/api/v1 (OpenAPI: /api/v1/openapi.json)")
-    try:
-        waitress_serve(app, host=host, port=port, threads=threads)
-    finally:
-        if sweeper is not None:
-            sweeper.stop()
+    if processes > 1:
+        from api.serving import serve_processes
+
+        serve_processes(host, port, processes=processes, threads=threads)
+    else:
+        from api.serving import serve_one
+
+        serve_one(host, port, threads=threads)
 
 
 @main.command()

@@ -195,7 +195,7 @@ def test_a_crash_half_way_loses_no_click_and_decides_once(live_finflow, wecom, m
 
     monkeypatch.setattr(inbound, "complete_task", crash)
     click(wecom, task.candidates[0], task, "approve")
-    assert [c.status for c in callbacks()] == ["received"] and not decisions(iid)  # rolled back, kept
+    assert [c.status for c in callbacks()] == ["queued"] and not decisions(iid)  # rolled back, kept
     monkeypatch.setattr(inbound, "complete_task", real)
     clock.advance(callback.REQUEUE_AFTER * 2)
     assert callback.requeue_stale() == 1

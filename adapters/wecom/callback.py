@@ -2,11 +2,17 @@
 
 WeCom waits 5 s for an answer and retries a callback up to 3 times, so this view does only what it must
 before answering: verify and decrypt (crypto.MsgCrypt.open), store the event once (`wecom_callbacks`,
-unique dedupe key: a retry inserts nothing), hand its id to the `channels` queue, answer 200 "". The
-engine never runs here. Whatever goes wrong (forged, tampered, stale, oversized, malformed, a database
-or Redis failure) is logged in one line and answered 200 with an empty body: WeCom gets nothing to
-retry against, and nothing is applied. A row whose job was lost stays `received`; `requeue_stale` (a
-periodic job) hands it over again.
+unique dedupe key: a retry inserts nothing), wake the hand-over, answer 200 "". The engine never runs
+here. Whatever goes wrong (forged, tampered, stale, oversized, malformed, a database or Redis failure) is
+logged in one line and answered 200 with an empty body: WeCom gets nothing to retry against, and nothing
+is applied.
+
+The row is committed before the answer, so an acknowledged click is never only in memory or in Redis.
+Waking costs one Redis SET: the hand-over job (`hand_over_received`, queued at most once at a time) marks
+the `received` rows `queued` and queues one apply job each on the `channels` queue, named after the row.
+A burst of clicks thus costs the endpoint an insert and a SET each, not an rq enqueue each. Nothing is
+lost when a job is: `requeue_stale` (periodic) wakes the hand-over for rows still `received`, and queues
+again the rows `queued` whose job is gone or failed.
 """
 
 from __future__ import annotations
@@ -16,22 +22,25 @@ import logging
 from datetime import timedelta
 
 from flask import Blueprint, Response, abort, request
-from sqlalchemy import insert, select
+from redis.exceptions import RedisError
+from sqlalchemy import Connection, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.orm import Session
 
 from adapters.wecom.config import WeComConfig
 from adapters.wecom.crypto import MAX_BODY, CallbackRejected, MsgCrypt, fields
 from adapters.wecom.models import WeComCallback
 from engine import clock
-from engine.db import is_postgres, transaction
+from engine.db import get_engine, transaction
 from engine.outbox import dispatch
 
 log = logging.getLogger("finflow.wecom.callback")
 blp = Blueprint("wecom_callback", __name__)
 QUEUE = "channels"
-JOB = "adapters.wecom.inbound.apply"
+APPLY_JOB = "adapters.wecom.inbound.apply"
+HAND_OVER_JOB = "adapters.wecom.callback.hand_over_received"
+WAKE_FLAG = "finflow:wecom:callbacks:hand-over"
+HAND_OVER_BATCH = 200
 REQUEUE_AFTER = timedelta(seconds=30)
 CLICK_KEYS = ("FromUserName", "CreateTime", "TaskId", "EventKey")
 
@@ -75,14 +84,14 @@ def receive() -> Response:
         body = request.stream.read(MAX_BODY + 1)
         args = request.args
         event = fields(_crypt(config).open(body, args.get("msg_signature"), args.get("timestamp"), args.get("nonce")))
-        callback_id = _store(event, request.remote_addr)
+        stored = _store(event, request.remote_addr)
     except CallbackRejected as exc:
         log.warning("wecom callback: rejected from %s: %s", request.remote_addr, exc)
     except Exception:  # the database or anything else: WeCom must still get its quick, empty answer
         log.exception("wecom callback: failed to accept a callback from %s", request.remote_addr)
     else:
-        if callback_id is not None:
-            hand_over(callback_id)
+        if stored:
+            wake()
     return Response("", status=200, mimetype="text/plain")
 
 
@@ -102,35 +111,64 @@ def dedupe_key(event: dict[str, str]) -> str:
     return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
 
-def _store(event: dict[str, str], client_ip: str | None) -> int | None:
-    """Insert the event once; the new row's id, or None when it was already there (a retry). The
-    sender's address travels in the payload as `_client_ip` (history records where a click came from)."""
+def _store(event: dict[str, str], client_ip: str | None, database_url: str | None = None) -> bool:
+    """Insert the event once; False when it was already there (a retry). A Core statement on a pooled
+    connection, not an ORM session: this runs for every click of a burst. The sender's address travels
+    in the payload as `_client_ip` (history records where a click came from)."""
     values = {"dedupe_key": dedupe_key(event), "kind": kind_of(event),
               "from_user": (event.get("FromUserName") or "")[:64] or None,
               "payload": {**event, "_client_ip": client_ip},
               "status": "received", "attempts": 0, "received_at": clock.now()}
-    with transaction() as session:
-        statement = _insert_ignoring_duplicates(session).values(**values).returning(WeComCallback.id)
-        return session.execute(statement).scalar()
+    with get_engine(database_url).begin() as connection:
+        statement = _insert_ignoring_duplicates(connection).values(**values).returning(WeComCallback.id)
+        return connection.execute(statement).scalar() is not None
 
 
-def _insert_ignoring_duplicates(session: Session):
+def _insert_ignoring_duplicates(connection: Connection):
     table = WeComCallback.__table__
-    if is_postgres(session):
+    dialect = connection.dialect.name
+    if dialect == "postgresql":
         return pg_insert(table).on_conflict_do_nothing(index_elements=["dedupe_key"])
-    if session.get_bind().dialect.name == "sqlite":
+    if dialect == "sqlite":
         return sqlite_insert(table).on_conflict_do_nothing(index_elements=["dedupe_key"])
     return insert(table)
 
 
-def hand_over(callback_id: int, database_url: str | None = None) -> bool:
-    """Queue the job that applies a stored callback; False (logged) when the queue refused it."""
+def wake(database_url: str | None = None) -> bool:
+    """Have the hand-over job run soon (one SET when it is already pending); False (logged) when Redis
+    refused: the rows stay `received` and requeue_stale wakes it later."""
     try:
-        dispatch.run_job(QUEUE, JOB, callback_id, db_url=database_url)
-    except Exception as exc:  # Redis down: the row stays received and requeue_stale retries it
-        log.warning("wecom callback %s: could not queue it, left for the periodic re-queue: %s", callback_id, exc)
+        dispatch.run_job_once(QUEUE, HAND_OVER_JOB, WAKE_FLAG, db_url=database_url)
+    except (RedisError, OSError) as exc:
+        log.warning("wecom callbacks: could not wake the hand-over, left for the periodic re-queue: %s", exc)
         return False
     return True
+
+
+def hand_over_received(database_url: str | None = None) -> int:
+    """The hand-over job: mark `received` rows `queued` and queue an apply job for each, a batch at a
+    time, until none is left; how many were handed over. Several runs at once take different rows (SKIP
+    LOCKED). A failure to queue leaves its batch `queued` without jobs, for requeue_stale."""
+    handed = 0
+    while True:
+        with transaction(database_url) as session:
+            ids = list(session.scalars(
+                select(WeComCallback.id).where(WeComCallback.status == "received").order_by(WeComCallback.id)
+                .limit(HAND_OVER_BATCH).with_for_update(skip_locked=True)))
+            if ids:
+                session.execute(update(WeComCallback).where(WeComCallback.id.in_(ids)).values(status="queued"))
+        if not ids:
+            return handed
+        _queue_apply(ids, database_url)
+        handed += len(ids)
+
+
+def apply_job_id(callback_id: int) -> str:
+    return f"wecom-callback-{callback_id}"
+
+
+def _queue_apply(ids: list[int], database_url: str | None) -> None:
+    dispatch.run_jobs(QUEUE, APPLY_JOB, [(apply_job_id(i), (i,)) for i in ids], db_url=database_url)
 
 
 def register() -> None:
@@ -141,11 +179,23 @@ def register() -> None:
 
 
 def requeue_stale(database_url: str | None = None) -> int:
-    """Hand over again callbacks still `received` ~30 s after they came in (their job was lost: Redis
-    down at the time, a worker killed). Applying is idempotent, so a late duplicate job is harmless."""
+    """Hand over again what a lost job left behind, ~30 s after it came in: rows still `received` (the
+    wake-up was lost: Redis down at the time) and rows `queued` whose apply job is gone or failed (a worker
+    killed). A row whose job is only waiting in a long queue is left alone. Applying is idempotent, so a
+    late duplicate is harmless. Returns how many rows were handed over again."""
     cutoff = clock.now() - REQUEUE_AFTER
     with transaction(database_url, readonly=True) as session:
-        ids = list(session.scalars(select(WeComCallback.id).where(
-            WeComCallback.status == "received", WeComCallback.received_at < cutoff)
-            .order_by(WeComCallback.id).limit(500)))
-    return sum(hand_over(i, database_url) for i in ids)
+        stale = dict(session.execute(select(WeComCallback.id, WeComCallback.status).where(
+            WeComCallback.status.in_(("received", "queued")), WeComCallback.received_at < cutoff)
+            .order_by(WeComCallback.id).limit(500)).all())
+    try:
+        queued = [i for i, status in stale.items() if status == "queued"]
+        waiting = dispatch.jobs_on_their_way([apply_job_id(i) for i in queued])
+        lost = [i for i in queued if apply_job_id(i) not in waiting]
+        if lost:
+            _queue_apply(lost, database_url)
+    except (RedisError, OSError) as exc:
+        log.warning("wecom callbacks: could not re-queue lost jobs (next sweep tries again): %s", exc)
+        return 0
+    received = len(stale) - len(queued)
+    return len(lost) + (received if received and wake(database_url) else 0)

@@ -7,8 +7,8 @@ TaskId, the button key must name that card's own task, and the clicker must be a
 已被他人处理, 已撤回) with the click's own ResponseCode, and a click by someone who may not act is recorded
 in the instance's history (`task.action_refused`).
 
-A crash half-way leaves the callback row `received`; callback.requeue_stale hands it over again, and
-complete_task's checks make a second run a Conflict (已处理), never a second decision.
+A crash half-way leaves the callback row `queued` and its job failed; callback.requeue_stale hands it over
+again, and complete_task's checks make a second run a Conflict (已处理), never a second decision.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ log = logging.getLogger("finflow.wecom.inbound")
 ACTIONS = ("approve", "reject")
 NOT_ALLOWED = "无权处理"
 MAX_ATTEMPTS = 5
+PENDING = ("received", "queued")  # stored, not yet applied (see callback.py)
 
 
 @dataclass
@@ -76,7 +77,7 @@ def apply(callback_id: int, database_url: str | None = None) -> str:
 
 def _lock_received(session: Session, callback_id: int) -> WeComCallback | None:
     row = session.scalar(select(WeComCallback).where(WeComCallback.id == callback_id).with_for_update())
-    if row is None or row.status != "received":
+    if row is None or row.status not in PENDING:
         return None
     return row
 

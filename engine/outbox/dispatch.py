@@ -16,6 +16,7 @@ reported as done.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import threading
 import time
@@ -29,6 +30,7 @@ from typing import Any
 from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue
+from rq.job import Job, JobStatus
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
@@ -135,6 +137,56 @@ def run_job(queue_name: str, func: str, *args: Any, db_url: str | None = None) -
         _in_background(queue(queue_name, None).enqueue, func, *args, db_url, result_ttl=0)
         return
     queue(queue_name, url).enqueue(func, *args, result_ttl=0, failure_ttl=FAILED_JOB_TTL)
+
+
+WAKE_TTL = 10  # seconds a wake-up flag outlives a job that never started (lost): then wake-ups queue again
+COALESCED_JOB = "engine.outbox.dispatch.run_coalesced"
+_ON_THEIR_WAY = frozenset({JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.SCHEDULED})
+
+
+def run_job_once(queue_name: str, func: str, flag: str, *args: Any, db_url: str | None = None) -> bool:
+    """Queue `func(*args)` like run_job, unless a run of it is already queued and has not started yet
+    (`flag` is set in Redis): the thousand wake-ups of a burst cost one SET each and become a few jobs,
+    not a thousand. The job clears the flag before it starts working, so a wake-up that arrives while it
+    works queues the next run and nothing committed meanwhile is left behind. False: one was pending.
+    Raises RedisError/OSError if Redis refuses (the flag is then cleared again)."""
+    redis = connection(redis_url())
+    if not redis.set(flag, 1, nx=True, ex=WAKE_TTL):
+        return False
+    try:
+        run_job(queue_name, COALESCED_JOB, flag, func, *args, db_url=db_url)
+    except BaseException:
+        redis.delete(flag)
+        raise
+    return True
+
+
+def run_coalesced(flag: str, func: str, *args: Any) -> Any:
+    """The job run_job_once queues: clear the flag, then run `func`."""
+    connection(redis_url()).delete(flag)
+    module, _, name = func.rpartition(".")
+    return getattr(importlib.import_module(module), name)(*args)
+
+
+def run_jobs(queue_name: str, func: str, calls: Sequence[tuple[str, tuple]], db_url: str | None = None) -> None:
+    """Queue `func(*args)` for each (job id, args) in one round trip. The id names the job, so
+    `jobs_on_their_way` can later tell a job that is only slow from one that was lost. Raises
+    RedisError/OSError if Redis refuses."""
+    url = redis_url()
+    if url is None:
+        for job_id, args in calls:
+            _in_background(queue(queue_name, None).enqueue, func, *args, db_url, job_id=job_id, result_ttl=0)
+        return
+    queue(queue_name, url).enqueue_many([Queue.prepare_data(func, args, job_id=job_id, result_ttl=0,
+                                                            failure_ttl=FAILED_JOB_TTL) for job_id, args in calls])
+
+
+def jobs_on_their_way(job_ids: Sequence[str]) -> set[str]:
+    """Of `job_ids`, those whose job is queued, scheduled or running: not missing, failed or stopped."""
+    if not job_ids:
+        return set()
+    jobs = Job.fetch_many(list(job_ids), connection=connection(redis_url()))
+    return {job.id for job in jobs if job is not None and job.get_status(refresh=False) in _ON_THEIR_WAY}
 
 
 def _in_background(fn, *args, **kwargs) -> None:
