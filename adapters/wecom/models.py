@@ -68,7 +68,7 @@ class WeComCallback(Base):
     kind: Mapped[str] = mapped_column(String(32))  # template_card_event | change_contact | other
     from_user: Mapped[str | None] = mapped_column(String(64))
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)  # the decrypted event's fields
-    status: Mapped[str] = mapped_column(String(16), default="received")  # received | queued | applied | refused | failed
+    status: Mapped[str] = mapped_column(String(16), default="received")  # received|queued|applied|refused|failed
     result: Mapped[str | None] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     received_at: Mapped[datetime] = mapped_column(UtcDateTime)
