@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
+import hmac
 import re
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
-from flask import jsonify, request
+from flask import g, jsonify, request
 from marshmallow import Schema
 from sqlalchemy.exc import IntegrityError
 
 from engine.db import transaction
-from engine.errors import FinflowError, InvalidInput
+from engine.errors import FinflowError, Forbidden, InvalidInput, Unauthorized
 from engine.history import Actor
 from engine.models import User
-from engine.services import idempotency
+from engine.services import idempotency, sessions
 from engine.services.auth import authenticate
 
 MAX_KEY_LENGTH = 255
@@ -30,11 +31,40 @@ def bearer_token() -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+CSRF_HEADER = "X-CSRF-Token"
+
+
+def has_credentials() -> bool:
+    """A bearer token or a session cookie came with the request (api.guards' cheap check)."""
+    return bearer_token() is not None or bool(request.cookies.get(sessions.COOKIE))
+
+
+def caller(session) -> User:
+    """Who is calling: the bearer token's user (integrators), else the web pages' logged-in user (the
+    session cookie). The pages call this same API, so there is one set of rules; a state-changing call
+    with a cookie must carry the session's CSRF token in X-CSRF-Token (another site can make a browser
+    send the cookie, not read the token)."""
+    token = bearer_token()
+    if token is not None:
+        return authenticate(session, token)
+    found = sessions.resolve(session, request.cookies.get(sessions.COOKIE))
+    if found is None:
+        raise Unauthorized("未登录或登录已过期：请登录，或使用 Authorization: Bearer <token>")
+    user, web = found
+    if request.method not in SAFE_METHODS and not hmac.compare_digest(
+            request.headers.get(CSRF_HEADER, ""), web.csrf_token):
+        raise Forbidden(f"缺少或错误的 CSRF 令牌（请求头 {CSRF_HEADER}）", code="csrf_failed")
+    g.finflow_channel = "web"
+    return user
+
+
 def request_actor(user: User) -> Actor:
     """Who acts, from where. The client address is the socket's, or what the configured number of
     trusted proxies forwarded (ProxyFix in create_app, FINFLOW_TRUSTED_PROXY_HOPS): a client-sent
     X-Forwarded-For is never believed on its own, or anyone could write any IP into the audit trail."""
-    return Actor(user_id=user.id, channel="api", client_ip=_printable(request.remote_addr, MAX_CLIENT_IP),
+    return Actor(user_id=user.id, channel=g.get("finflow_channel", "api"),
+                 client_ip=_printable(request.remote_addr, MAX_CLIENT_IP),
                  user_agent=_printable(request.headers.get("User-Agent"), MAX_USER_AGENT))
 
 
@@ -65,7 +95,7 @@ def authenticated(view: Callable[..., Any]) -> Callable[..., Any]:
     @wraps(view)
     def wrapper(*args, **kwargs):
         with transaction(readonly=True) as session:
-            user = authenticate(session, bearer_token())
+            user = caller(session)
             return view(*args, session=session, user=user, **kwargs)
 
     return requires_token(wrapper)
@@ -97,14 +127,14 @@ def command(schema: type[Schema], status: int = 200) -> Callable[[Callable[..., 
 
     def _committed_twin(key):
         with transaction(readonly=True) as session:
-            user = authenticate(session, bearer_token())
+            user = caller(session)
             fingerprint = idempotency.fingerprint(request.method, request.path, _body_for_fingerprint())
             previous = idempotency.replay(session, user.id, key, fingerprint)
             return _replayed(previous) if previous is not None else None
 
     def _run(view, key, args, kwargs):
         with transaction() as session:
-            user = authenticate(session, bearer_token())
+            user = caller(session)
             fingerprint = idempotency.fingerprint(request.method, request.path, _body_for_fingerprint())
             if key is not None:
                 previous = idempotency.replay(session, user.id, key, fingerprint)

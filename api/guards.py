@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from flask import Flask, current_app, request
 
-from api.context import bearer_token
+from api.context import has_credentials
 from engine.errors import Unauthorized
 
 MAX_JSON_BYTES = 1024 * 1024  # any body but an upload; uploads have MAX_UPLOAD_BYTES (app config)
@@ -30,5 +30,5 @@ def _require_token() -> None:
     if request.routing_exception is not None or request.method == "OPTIONS":
         return  # 404/405 are raised by dispatch as usual; OPTIONS only lists the methods
     view = current_app.view_functions.get(request.endpoint)
-    if getattr(view, "requires_token", False) and bearer_token() is None:
-        raise Unauthorized("缺少访问令牌：请使用 Authorization: Bearer <token>")
+    if getattr(view, "requires_token", False) and not has_credentials():
+        raise Unauthorized("缺少访问令牌：请使用 Authorization: Bearer <token>，或先登录")

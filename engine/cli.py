@@ -184,6 +184,9 @@ def up(ctx: click.Context, then_serve: bool) -> None:
     lines = _demo_tokens()
     tokens.write_text("\n".join(lines) + "\n", encoding="utf-8")
     click.echo(f"{len(lines)} demo API tokens written to {tokens}, one `user token` per line (e.g. {lines[0]})")
+    password = os.environ.get("FINFLOW_DEMO_PASSWORD", DEMO_PASSWORD)
+    click.echo(f"web pages: log in as any demo user with the password {password!r} "
+               f"({_demo_passwords(password)} set now; a password set before is kept)")
     if then_serve:
         _start_wecom_simulator()
         ctx.invoke(serve)
@@ -198,16 +201,50 @@ def _start_wecom_simulator() -> None:
         click.echo(f"WeCom simulator: {sim.url}/ (每个演示用户的企业微信消息：卡片、催办、结果)")
 
 
-def _demo_tokens() -> list[str]:
-    """A fresh token for every user of the demo company (engine/demo/org.json), so any role can be tried."""
+DEMO_PASSWORD = "finflow-demo"
+
+
+def _demo_users() -> list[str]:
     import json
 
     from engine.org.directory import DEMO_ORG
+
+    return [u["id"] for u in json.loads(DEMO_ORG.read_text(encoding="utf-8"))["users"]]
+
+
+def _demo_passwords(password: str) -> int:
+    """The demo password for every demo user who has none yet; how many were set."""
+    from engine.models import User
+    from engine.services.passwords import set_password
+
+    with transaction() as session:
+        users = [u for u in _demo_users() if (found := session.get(User, u)) is not None and not found.password_hash]
+        for user_id in users:
+            set_password(session, user_id, password)
+    return len(users)
+
+
+@main.command("set-password")
+@click.argument("user_id")
+@click.password_option(prompt="新密码 / new password")
+def set_password_command(user_id: str, password: str) -> None:
+    """Set a user's password for the web pages' login (prompted twice, never echoed)."""
+    from engine.services.passwords import set_password
+
+    try:
+        with transaction() as session:
+            set_password(session, user_id, password)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    click.echo(f"password set for {user_id}")
+
+
+def _demo_tokens() -> list[str]:
+    """A fresh token for every user of the demo company (engine/demo/org.json), so any role can be tried."""
     from engine.services.auth import issue_token
 
-    users = [u["id"] for u in json.loads(DEMO_ORG.read_text(encoding="utf-8"))["users"]]
     with transaction() as session:
-        return [f"{user} {issue_token(session, user, 'demo')}" for user in users]
+        return [f"{user} {issue_token(session, user, 'demo')}" for user in _demo_users()]
 
 
 @main.command()

@@ -99,6 +99,7 @@ class User(Base):
     mobile: Mapped[str | None] = mapped_column(String(32))
     email: Mapped[str | None] = mapped_column(String(128))
     active: Mapped[bool] = mapped_column(Boolean, default=True)
+    password_hash: Mapped[str | None] = mapped_column(String(255))  # argon2id; None: no password login
     roles: Mapped[list[UserRole]] = relationship(cascade="all, delete-orphan")  # loaded when asked for
 
     @property
@@ -398,3 +399,18 @@ class LoginState(Base):
     next_url: Mapped[str] = mapped_column(String(512))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
     used_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+
+class LoginAttempt(Base):
+    """One password login tried: the record of failures (who, from where) and what rate limiting counts."""
+
+    __tablename__ = "login_attempts"
+    __table_args__ = (Index("ix_login_attempts_login_at", "login", "at"),
+                      Index("ix_login_attempts_client_ip_at", "client_ip", "at"))
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    login: Mapped[str] = mapped_column(String(64))  # the user id typed, known or not
+    client_ip: Mapped[str | None] = mapped_column(String(64))
+    user_agent: Mapped[str | None] = mapped_column(String(255))
+    succeeded: Mapped[bool] = mapped_column(Boolean)
+    reason: Mapped[str | None] = mapped_column(String(32))  # wrong_password | unknown_user | inactive | limited
+    at: Mapped[datetime] = mapped_column(UtcDateTime)

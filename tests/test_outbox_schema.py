@@ -1,5 +1,5 @@
-"""The migrations that create the outbox, notifications, budget ledger and invoice claims tables match their
-models exactly."""
+"""The migrations that create the outbox, notifications, budget ledger, invoice claims, users and login
+tables match their models exactly."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from sqlalchemy import Numeric
 from engine.db import Base
 from engine.models import Money
 
-TABLES = {"outbox", "notifications", "budgets", "budget_entries", "invoice_claims"}
+TABLES = {"outbox", "notifications", "budgets", "budget_entries", "invoice_claims", "users", "login_attempts"}
 
 
 def _table_of(diff) -> str | None:

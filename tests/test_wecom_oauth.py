@@ -10,7 +10,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from adapters.wecom.oauth import safe_next
+from api.web.pages import safe_next
 from engine.db import transaction
 from engine.models import HistoryEvent, Task
 from tests import wecom_support
@@ -20,9 +20,12 @@ wecom, live_finflow = wecom_support.wecom, wecom_support.live_finflow  # the fix
 STARTER, MANAGER = "suxiaoyun", "guoxin"  # 市场部品牌专员 and her direct manager
 
 
+WECOM_BROWSER = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 wxwork/4.1.20"
+
+
 def browser(userid: str | None) -> httpx.Client:
     """A phone's WeCom browser: keeps cookies; the simulator knows who it is by `sim_userid`."""
-    client = httpx.Client(follow_redirects=False, timeout=10)
+    client = httpx.Client(follow_redirects=False, timeout=10, headers={"User-Agent": WECOM_BROWSER})
     if userid:
         client.cookies.set("sim_userid", userid)
     return client
@@ -114,8 +117,10 @@ def test_an_open_redirect_is_refused_end_to_end(live_finflow):
 
 def test_without_a_session_the_page_sends_to_the_login(live_finflow):
     _, task_id = reimbursement_task()
-    answer = httpx.get(f"{live_finflow}/m/tasks/{task_id}")
+    answer = httpx.get(f"{live_finflow}/m/tasks/{task_id}", headers={"User-Agent": WECOM_BROWSER})
     assert answer.status_code == 302 and answer.headers["location"].startswith("/wecom/oauth/start?next=/m/tasks/")
+    elsewhere = httpx.get(f"{live_finflow}/m/tasks/{task_id}")  # not inside WeCom: the password login
+    assert elsewhere.status_code == 302 and elsewhere.headers["location"] == f"/login?next=/m/tasks/{task_id}"
     unknown = httpx.get(f"{live_finflow}/wecom/oauth/callback", params={"code": "x", "state": "y"})
     assert unknown.status_code == 403 and "登录失败" in unknown.text
     assert httpx.get(f"{live_finflow}/wecom/oauth/callback").status_code == 400
@@ -136,7 +141,7 @@ def test_a_non_candidate_sees_the_page_read_only(live_finflow):
     assert outsider.status_code in (200, 403)
 
 
-def test_without_wecom_the_page_says_open_it_from_wecom(app, monkeypatch):
+def test_without_wecom_the_page_sends_to_the_password_login(app, monkeypatch):
     monkeypatch.delenv("FINFLOW_WECOM_CORP_ID", raising=False)
-    answer = app.test_client().get("/m/tasks/whatever")
-    assert answer.status_code == 401 and "请从企业微信打开" in answer.text
+    answer = app.test_client().get("/m/tasks/whatever", headers={"User-Agent": WECOM_BROWSER})
+    assert answer.status_code == 302 and answer.headers["location"] == "/login?next=/m/tasks/whatever"

@@ -15,13 +15,12 @@ from __future__ import annotations
 import logging
 import secrets
 from datetime import timedelta
-from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, abort, redirect, request
 
 from adapters.wecom.client import WeComError, client
 from adapters.wecom.config import WeComConfig
-from api.web.pages import SESSION_COOKIE, error_page
+from api.web.pages import error_page, safe_next, set_session_cookie
 from engine import clock
 from engine.db import transaction
 from engine.models import LoginState, User
@@ -32,17 +31,6 @@ log = logging.getLogger("finflow.wecom.oauth")
 blp = Blueprint("wecom_oauth", __name__)
 LOGIN_COOKIE = "ff_login"
 STATE_LIFETIME = timedelta(minutes=10)
-DEFAULT_NEXT = "/m/"
-
-
-def safe_next(value: str | None) -> str:
-    """`value` when it is a relative path under /m/, else /m/ (never another host, scheme or //host)."""
-    if not value or len(value) > 500 or "\\" in value or any(ord(c) < 32 for c in value):
-        return DEFAULT_NEXT
-    parts = urlsplit(value)
-    if parts.scheme or parts.netloc or not value.startswith("/m/") or "/../" in value or value.startswith("//"):
-        return DEFAULT_NEXT
-    return value
 
 
 def _config() -> WeComConfig:
@@ -96,8 +84,7 @@ def finish() -> Response:
         cookie = sessions.create_session(session, user.id, "wecom", request.remote_addr,
                                          request.headers.get("User-Agent"))
     response = redirect(next_url, code=302)
-    response.set_cookie(SESSION_COOKIE, cookie, max_age=int(sessions.LIFETIME.total_seconds()), httponly=True,
-                        samesite="Lax", secure=secure_cookies(config), path="/")
+    set_session_cookie(response, cookie, secure_cookies(config))
     response.delete_cookie(LOGIN_COOKIE, path="/wecom/oauth/")
     return response
 

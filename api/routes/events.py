@@ -12,13 +12,12 @@ from marshmallow import Schema, fields, validate
 from adapters.events import catalog, envelope, subscriptions
 from adapters.events.models import KINDS
 from adapters.events.urls import mask
-from api.context import authenticated, bearer_token, command, honours_idempotency_key
+from api.context import authenticated, caller, command, honours_idempotency_key
 from api.openapi import errors
 from api.parsing import Blueprint
 from api.routes.admin import require_admin
 from api.schemas import PageArgsSchema, PageMetaSchema, StrictSchema
 from engine.db import transaction
-from engine.services.auth import authenticate
 
 WHAT = "管理事件订阅"
 blp = Blueprint("events", __name__, description="Events out: CloudEvents to webhooks and RabbitMQ (admins only)")
@@ -113,7 +112,7 @@ def create_subscription(body):
     """Create a subscription; the destination must accept a connection now. The webhook secret (for
     X-Finflow-Signature) is in this response only."""
     with transaction(readonly=True) as session:  # checked and probed before any write transaction
-        require_admin(authenticate(session, bearer_token()), WHAT)
+        require_admin(caller(session), WHAT)
         spec = subscriptions.check(session, body)
     return _create(spec)
 

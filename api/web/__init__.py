@@ -11,4 +11,4 @@ from flask import Blueprint
 
 blp = Blueprint("web", __name__, template_folder="templates")
 
-from api.web import views  # noqa: E402,F401  (registers the routes on blp)
+from api.web import login, views  # noqa: E402,F401  (registers the routes on blp)

@@ -1,7 +1,7 @@
 """GET/POST /m/tasks/<id> (a task: summary, history, 同意/驳回) and GET /m/instances/<id> (read-only).
 
-No session: to the WeCom login when WeCom is configured (it comes back here), else a page saying to
-open the link from WeCom. A decision posts the session's CSRF token and goes through complete_task with
+No session: to the WeCom login inside WeCom, else to the password login (either comes back here). A
+decision posts the session's CSRF token and goes through complete_task with
 channel "web", as the REST API's does; engine errors become a Chinese message on the page, never a 5xx.
 """
 
@@ -59,7 +59,7 @@ def my_tasks(login: Login) -> Response:
     """Where a login without a (safe) next lands: the user's tasks waiting for them."""
     with transaction(readonly=True) as session:
         tasks = list_tasks(session, session.get(User, login.user_id), mine=True, status="ready", per_page=50).items
-        return page("tasks.html", tasks=tasks)
+        return page("tasks.html", tasks=tasks, csrf=login.csrf)
 
 
 @blp.get("/m/tasks/<task_id>")
@@ -148,10 +148,13 @@ def _instance_context(session: Session, instance: Instance) -> dict:
 
 
 def _login_first() -> Response:
+    """Inside WeCom (its browser says `wxwork`) with WeCom configured: OAuth2, no password typed; else the
+    password login. Either comes back to this page."""
     try:
         configured = WeComConfig.from_env() is not None
     except ValueError:
         configured = False
-    if configured:
-        return redirect(f"/wecom/oauth/start?next={quote(request.path, safe='/')}", code=302)
-    return error_page("请从企业微信打开", "请从企业微信打开此页面（点击审批卡片上的「详情」）。", 401)
+    back = quote(request.full_path.rstrip("?") if request.query_string else request.path, safe="/?=&")
+    if configured and "wxwork" in (request.headers.get("User-Agent") or "").lower():
+        return redirect(f"/wecom/oauth/start?next={back}", code=302)
+    return redirect(f"/login?next={back}", code=302)

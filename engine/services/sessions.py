@@ -16,6 +16,7 @@ from engine.models import User, WebSession
 from engine.services.auth import hash_token
 
 LIFETIME = timedelta(hours=8)
+COOKIE = "ff_session"  # the browser cookie that carries a session (api/web/pages.py sets it)
 
 
 def create_session(session: Session, user_id: str, channel: str, client_ip: str | None,
