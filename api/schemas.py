@@ -162,6 +162,9 @@ class InstanceSearchArgsSchema(PageArgsSchema):
     starter = fields.String()
     started_from = fields.DateTime(validate=in_calendar)
     started_to = fields.DateTime(validate=in_calendar)
+    approver = fields.String(validate=validate.Length(max=64), metadata={"description": "a user asked to act on it"})
+    amount_min = fields.Decimal(as_string=True, allow_nan=False, validate=validate.Range(min=0, max=10**15))
+    amount_max = fields.Decimal(as_string=True, allow_nan=False, validate=validate.Range(min=0, max=10**15))
 
 
 class ReasonSchema(StrictSchema):

@@ -4,6 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 scripts/services.sh
+scripts/browser.sh
 .venv/bin/ruff check .
 echo "== tests on SQLite"
 FINFLOW_TEST_DB=sqlite .venv/bin/python -m pytest "$@"

@@ -9,6 +9,6 @@ from __future__ import annotations
 
 from flask import Blueprint
 
-blp = Blueprint("web", __name__, template_folder="templates")
+blp = Blueprint("web", __name__, template_folder="templates", static_folder="static", static_url_path="/static/web")
 
-from api.web import login, views  # noqa: E402,F401  (registers the routes on blp)
+from api.web import audit, login, vendor, views  # noqa: E402,F401  (registers the routes on blp)

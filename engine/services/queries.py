@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -60,7 +61,21 @@ def get_instance(session: Session, viewer: User, instance_id: str) -> Instance:
 def search_instances(session: Session, viewer: User, *, process_key: str | None = None,
                      status: str | None = None, business_key: str | None = None, starter: str | None = None,
                      started_from: datetime | None = None, started_to: datetime | None = None,
-                     page: int = 1, per_page: int = 20) -> Page:
+                     approver: str | None = None, amount_min: Decimal | None = None,
+                     amount_max: Decimal | None = None, page: int = 1, per_page: int = 20) -> Page:
+    """Instances the viewer may see, newest first; `approver`: someone who was asked to act on it."""
+    stmt = instance_filter(process_key=process_key, status=status, business_key=business_key, starter=starter,
+                           started_from=started_from, started_to=started_to, approver=approver,
+                           amount_min=amount_min, amount_max=amount_max)
+    stmt = scope_instances(stmt, viewer)
+    return _paginate(session, stmt.order_by(Instance.started_at.desc(), Instance.id), page, per_page)
+
+
+def instance_filter(*, process_key: str | None = None, status: str | None = None, business_key: str | None = None,
+                    starter: str | None = None, started_from: datetime | None = None,
+                    started_to: datetime | None = None, approver: str | None = None,
+                    amount_min: Decimal | None = None, amount_max: Decimal | None = None) -> Select:
+    """The SELECT of instances matching a search (search_instances pages it; the auditor's export streams it)."""
     stmt = select(Instance)
     for column, value in ((Instance.process_key, process_key), (Instance.status, status),
                           (Instance.business_key, business_key), (Instance.starter_id, starter)):
@@ -70,8 +85,14 @@ def search_instances(session: Session, viewer: User, *, process_key: str | None 
         stmt = stmt.where(Instance.started_at >= _aware(started_from))
     if started_to is not None:
         stmt = stmt.where(Instance.started_at < _aware(started_to))
-    stmt = scope_instances(stmt, viewer)
-    return _paginate(session, stmt.order_by(Instance.started_at.desc(), Instance.id), page, per_page)
+    if amount_min is not None:
+        stmt = stmt.where(Instance.amount >= amount_min)
+    if amount_max is not None:
+        stmt = stmt.where(Instance.amount <= amount_max)
+    if approver is not None:
+        stmt = stmt.where(exists().where(Task.instance_id == Instance.id, TaskCandidate.task_id == Task.id,
+                                         TaskCandidate.user_id == approver))
+    return stmt
 
 
 def list_tasks(session: Session, viewer: User, *, mine: bool = False, instance_id: str | None = None,

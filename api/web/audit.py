@@ -1,0 +1,136 @@
+"""The auditor's pages (审计): GET /audit (search), /audit/export.csv, /audit/instances/<id> (the diagram
+with the path taken and the full timeline). Read-only by construction: no route here changes anything.
+
+Open to the auditor and admin roles; what they find is what engine.services.queries lets them see
+(the same data scope as the REST API's GET /instances).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Callable, Iterator
+from functools import wraps
+
+from flask import Response, request, stream_with_context
+from marshmallow import ValidationError
+from sqlalchemy.orm import Session
+
+from api.schemas import InstanceSearchArgsSchema
+from api.web import blp
+from api.web.pages import error_page, page
+from api.web.summary import audit_timeline, local_time, names, status_text
+from api.web.views import ID_CHARS, Login, logged_in
+from engine.db import transaction
+from engine.errors import FinflowError
+from engine.finance.money import yuan
+from engine.models import Instance, ProcessVersion, User
+from engine.services.deployments import model_for
+from engine.services.progress import instance_progress
+from engine.services.queries import get_instance, instance_filter, scope_instances, search_instances
+
+AUDIT_ROLES = frozenset({"auditor", "admin"})
+SEARCH_FIELDS = ("business_key", "process_key", "starter", "approver", "amount_min", "amount_max", "status",
+                 "started_from", "started_to")
+EXPORT_BATCH = 500
+PAGE_SCRIPTS = "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; " \
+               "font-src 'self' data:; connect-src 'self'; form-action 'self'"
+
+
+def auditor(view: Callable[..., Response]) -> Callable[..., Response]:
+    """A logged-in user with the auditor or admin role, else a 403 page."""
+
+    @logged_in
+    @wraps(view)
+    def wrapper(login: Login, **kwargs) -> Response:
+        with transaction(readonly=True) as session:
+            user = session.get(User, login.user_id)
+            if not user.role_ids & AUDIT_ROLES:
+                return error_page("无权访问", "审计页面仅向审计员和管理员开放。", 403)
+            return view(session, user, login, **kwargs)
+
+    return wrapper
+
+
+def _criteria() -> tuple[dict, dict[str, list[str]]]:
+    """The search form's fields, parsed by the REST API's own schema; (criteria, errors)."""
+    raw = {k: v.strip() for k, v in request.args.items() if k in (*SEARCH_FIELDS, "page") and v.strip()}
+    try:
+        return InstanceSearchArgsSchema().load(raw), {}
+    except ValidationError as exc:
+        return {}, exc.messages
+
+
+@blp.get("/audit")
+@auditor
+def audit_search(session: Session, user: User, login: Login) -> Response:
+    criteria, errors = _criteria()
+    found = None if errors else search_instances(session, user, **{"per_page": 20, **criteria})
+    rows = _rows(session, found.items) if found else []
+    query = "&".join(f"{k}={request.args[k]}" for k in SEARCH_FIELDS if request.args.get(k))
+    return page("audit_search.html", args=request.args, errors=errors, found=found, rows=rows, query=query,
+                csrf=login.csrf)
+
+
+@blp.get("/audit/export.csv")
+@auditor
+def export_csv(session: Session, user: User, login: Login) -> Response:
+    criteria, errors = _criteria()
+    if errors:
+        return error_page("无法导出", "查询条件有误：" + "；".join(f"{k} {v[0]}" for k, v in errors.items()), 422)
+    criteria.pop("page", None)
+    criteria.pop("per_page", None)
+    stmt = scope_instances(instance_filter(**criteria), user).order_by(Instance.started_at.desc(), Instance.id)
+    def lines() -> Iterator[str]:  # streamed in batches, in a transaction of its own (the view's has ended)
+        yield "\ufeff"  # Excel opens UTF-8 with a BOM as UTF-8
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(["业务单号", "流程", "标题", "申请人", "金额", "状态", "发起时间", "结束时间", "实例ID"])
+        with transaction(readonly=True) as export:
+            offset = 0
+            while batch := list(export.scalars(stmt.limit(EXPORT_BATCH).offset(offset))):
+                for row in _rows(export, batch):
+                    writer.writerow([row["business_key"], row["process"], row["title"], row["applicant"],
+                                     row["amount_plain"], row["status"], row["started"], row["ended"], row["id"]])
+                yield out.getvalue()
+                out.seek(0)
+                out.truncate()
+                offset += EXPORT_BATCH
+
+    response = Response(stream_with_context(lines()), mimetype="text/csv")
+    response.headers["Content-Disposition"] = "attachment; filename=finflow-instances.csv"
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@blp.get("/audit/instances/<instance_id>")
+@auditor
+def audited_instance(session: Session, user: User, login: Login, instance_id: str) -> Response:
+    try:
+        instance = get_instance(session, user, instance_id[:ID_CHARS])
+    except FinflowError as exc:  # not found, or outside the auditor's scope: a page, never a 5xx
+        return error_page("无法查看", exc.message, exc.status)
+    model = model_for(session, instance.version_id)
+    version = session.get(ProcessVersion, instance.version_id)
+    progress = instance_progress(session, instance, model)
+    node_names = {node_id: node.name for node_id, node in model.nodes.items()}
+    timeline = audit_timeline(session, instance.id, node_names)
+    summary = _rows(session, [instance])[0]
+    diagram = {"bpmn": version.files.get(model.bpmn_file or "", ""), "progress": progress.as_dict()}
+    response = page("audit_instance.html", instance=instance, summary=summary, version=version, timeline=timeline,
+                    kinds=sorted({row.kind for row in timeline}), diagram=diagram, csrf=login.csrf)
+    response.headers["Content-Security-Policy"] = PAGE_SCRIPTS
+    return response
+
+
+def _rows(session: Session, instances: list[Instance]) -> list[dict]:
+    who = names(session, {i.starter_id for i in instances})
+    process_names = {}
+    for instance in instances:
+        if instance.version_id not in process_names:
+            process_names[instance.version_id] = model_for(session, instance.version_id).name
+    return [{"id": i.id, "business_key": i.business_key or "", "process": process_names[i.version_id],
+             "title": i.title or "", "applicant": who.get(i.starter_id, i.starter_id),
+             "amount": yuan(i.amount) if i.amount is not None else "",
+             "amount_plain": f"{i.amount:.2f}" if i.amount is not None else "", "status": status_text(i),
+             "started": local_time(i.started_at), "ended": local_time(i.ended_at)} for i in instances]
