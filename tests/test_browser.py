@@ -1,0 +1,117 @@
+"""The web pages in a real browser: Playwright driving Debian's chromium headless (scripts/browser.sh
+installs it; nothing is downloaded here) against finflow under waitress. Screenshots of every page go to
+test-artifacts/ (not committed) for a reviewer to look at."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import shutil
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from waitress.server import create_server
+
+from api import create_app
+from engine.db import transaction
+from engine.history import Actor
+from engine.services import passwords
+from engine.services.tasks import complete_task
+from tests.helpers import claim, ready, start
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+PASSWORD = "browser-pass-2026"
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="chromium is installed by scripts/browser.sh")
+
+
+@pytest.fixture
+def site() -> Iterator[str]:
+    with transaction() as session:
+        for user in ("fengli", "guoxin", "suxiaoyun"):
+            passwords.set_password(session, user, PASSWORD)
+    server = create_server(create_app(), host="127.0.0.1", port=0, threads=8)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.effective_port}"
+    server.close()
+    thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+        yield chromium
+        chromium.close()
+
+
+def log_in(browser, site: str, user: str, next_url: str, **context):
+    page = browser.new_context(locale="zh-CN", timezone_id="Asia/Shanghai", accept_downloads=True,
+                               **context).new_page()
+    page.goto(f"{site}{next_url}")
+    assert page.url.startswith(f"{site}/login")
+    page.fill("input[name=login]", user)
+    page.fill("input[name=password]", PASSWORD)
+    page.click("form[action='/login'] button[type=submit]")
+    page.wait_for_url(f"{site}{next_url}")
+    return page
+
+
+def test_login_refuses_a_wrong_password(browser, site):
+    page = browser.new_context(locale="zh-CN").new_page()
+    page.goto(f"{site}/login")
+    page.fill("input[name=login]", "guoxin")
+    page.fill("input[name=password]", "wrong-password")
+    page.click("button[type=submit]")
+    assert "账号或密码错误" in page.text_content("[role=alert]")
+    page.screenshot(path=ARTIFACTS / "login-refused.png", full_page=True)
+
+
+def test_approver_on_a_phone_approves_with_a_comment(browser, site):
+    iid = start("reimbursement", "suxiaoyun", claim("办公", 1200))
+    task = ready(iid)[0]
+    page = log_in(browser, site, task.candidates[0], f"/m/tasks/{task.id}",
+                  viewport={"width": 375, "height": 812}, is_mobile=True, has_touch=True)
+    assert "¥1,200.00" in page.content()
+    assert page.evaluate("document.documentElement.scrollWidth") <= 375  # no horizontal scrolling
+    page.screenshot(path=ARTIFACTS / "approver-task.png", full_page=True)
+    page.fill("textarea[name=comment]", "同意报销")
+    page.click("button[value=approve]")
+    page.wait_for_load_state()
+    assert "处理结果：已同意" in page.content() and "同意报销" in page.content()
+    page.screenshot(path=ARTIFACTS / "approver-done.png", full_page=True)
+
+
+def test_auditor_searches_opens_the_diagram_and_exports(browser, site):
+    iid = start("reimbursement", "suxiaoyun", claim("办公", 1500))
+    task = ready(iid)[0]
+    with transaction() as session:
+        complete_task(session, Actor(task.candidates[0], "web", "10.0.0.8"), task.id, "approve", "票据齐全")
+    page = log_in(browser, site, "fengli", "/audit", viewport={"width": 1280, "height": 900})
+    page.select_option("select[name=process_key]", "reimbursement")
+    page.click("form[action='/audit'] button[type=submit]")
+    assert "共 1 条" in page.content() and "¥1,500.00" in page.content()
+    page.screenshot(path=ARTIFACTS / "audit-search.png", full_page=True)
+    with page.expect_download() as download:
+        page.click("#export")
+    rows = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text("utf-8-sig"))))
+    assert [r["实例ID"] for r in rows] == [iid]
+    page.click("#results a")
+    page.wait_for_selector("body[data-diagram=ready]")
+    marked = page.evaluate("""() => Object.fromEntries(['ff-done', 'ff-current', 'ff-taken', 'ff-untaken'].map(
+        m => [m, [...document.querySelectorAll('.djs-element.' + m)].map(e => e.dataset.elementId)]))""")
+    assert task.node_id in marked["ff-done"] and marked["ff-current"] and marked["ff-taken"] and marked["ff-untaken"]
+    assert "票据齐全" in page.text_content("#timeline") and "10.0.0.8" in page.text_content("#timeline")
+    page.select_option("#kind-filter", "审批")
+    hidden = page.evaluate("[...document.querySelectorAll('#timeline tbody tr')].filter(r => r.hidden).length")
+    assert hidden > 0
+    page.screenshot(path=ARTIFACTS / "audit-instance.png", full_page=True)
