@@ -87,6 +87,17 @@ class DeployResultSchema(Schema):
                        "process uses, processes that are not executable; empty when everything was deployed"})
 
 
+class ValidatedProcessSchema(Schema):
+    process_key = fields.String()
+    name = fields.String()
+
+
+class ValidateResultSchema(Schema):
+    processes = fields.List(fields.Nested(ValidatedProcessSchema), metadata={
+        "description": "the executable processes the files define (what deploying them would version)"})
+    warnings = fields.List(fields.Nested(DeployWarningSchema))
+
+
 # -- instances and tasks ----------------------------------------------------------------------------
 
 class TaskSchema(Schema):

@@ -19,6 +19,7 @@ from api import create_app
 from engine.db import transaction
 from engine.history import Actor
 from engine.services import passwords
+from engine.services.deployments import get_version
 from engine.services.tasks import complete_task
 from tests.helpers import claim, ready, start
 
@@ -115,3 +116,63 @@ def test_auditor_searches_opens_the_diagram_and_exports(browser, site):
     hidden = page.evaluate("[...document.querySelectorAll('#timeline tbody tr')].filter(r => r.hidden).length")
     assert hidden > 0
     page.screenshot(path=ARTIFACTS / "audit-instance.png", full_page=True)
+
+
+def test_designer_edits_validates_deploys_and_the_new_version_runs(browser, site):
+    with transaction() as session:
+        passwords.set_password(session, "luyao", PASSWORD)  # the demo's process designer
+    page = log_in(browser, site, "luyao", "/designer", viewport={"width": 1440, "height": 900})
+    assert "费用报销" in page.content()
+    page.screenshot(path=ARTIFACTS / "designer-list.png", full_page=True)
+    page.click("section.process[data-key=reimbursement] a")
+    page.wait_for_selector("body[data-modeler=ready]")
+    page.click('.djs-element[data-element-id="manager_approval"]')
+    assignee = page.locator('#properties input[name="finflow.assignee"]')
+    assert assignee.input_value() == "manager(starter)"
+    assignee.fill("")
+    assignee.press("Tab")
+    page.click("#validate")
+    page.wait_for_selector("body[data-validated=failed]")
+    assert "finflow.assignee" in page.text_content("#status")
+    assert "ff-invalid" in page.get_attribute('.djs-element[data-element-id="manager_approval"]', "class")
+    page.screenshot(path=ARTIFACTS / "designer-invalid.png", full_page=True)
+    assignee.fill("role(finance)")
+    assignee.press("Tab")
+    page.click("#validate")
+    page.wait_for_selector("#status:not(:text('校验中'))")
+    page.wait_for_timeout(300)
+    assert page.text_content("#status").startswith("校验通过"), page.text_content("#status")
+    page.click("#diff")
+    assert "修改 1 个" in page.text_content("[data-diff=changed]") and "直属上级审批" in page.text_content("#report")
+    page.click("#deploy")
+    page.wait_for_selector("body[data-deployed]")
+    assert page.get_attribute("body", "data-deployed") == "2" and "已部署为 v2" in page.text_content("#status")
+    page.screenshot(path=ARTIFACTS / "designer-deployed.png", full_page=True)
+    with transaction() as session:
+        v1, v2 = (get_version(session, "reimbursement", n) for n in (1, 2))
+        before, after = v1.files[v1.bpmn_file], v2.files[v2.bpmn_file]
+    for element in ("spiffworkflow:property ", "spiffworkflow:parameter ", "spiffworkflow:serviceTaskOperator "):
+        assert before.count(f"<{element}") == after.count(f"<{element}"), element  # extensions kept on save
+    assert 'value="role(finance)"' in after and 'value="manager(starter)"' not in after.split("director_approval")[0]
+    iid = start("reimbursement", "suxiaoyun", claim("办公", 900))
+    first = ready(iid)[0]
+    assert first.node_id == "manager_approval" and first.assignment == "role(finance)"
+
+
+def test_an_employee_cannot_deploy_or_export(browser, site):
+    page = log_in(browser, site, "suxiaoyun", "/designer", viewport={"width": 1280, "height": 800})
+    assert "只读" in page.content()
+    page.click("section.process[data-key=reimbursement] a")
+    page.wait_for_selector("body[data-modeler=ready]")
+    assert page.locator("#deploy").count() == 0
+    answer = page.evaluate("""async () => {
+        const csrf = document.querySelector('meta[name=csrf-token]').content;
+        const form = new FormData();
+        form.append('files', new Blob(['<x/>']), 'x.bpmn');
+        const headers = {'X-CSRF-Token': csrf};
+        const withToken = await fetch('/api/v1/definitions', {method: 'POST', body: form, headers: headers});
+        const without = await fetch('/api/v1/definitions', {method: 'POST', body: form});
+        return [withToken.status, (await without.json()).error.code];
+    }""")
+    assert answer == [403, "csrf_failed"]
+    assert page.goto(f"{site}/audit/export.csv").status == 403

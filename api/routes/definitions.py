@@ -5,7 +5,7 @@ from flask import Response, request
 from api.context import authenticated, command
 from api.openapi import errors
 from api.parsing import Blueprint
-from api.schemas import DefinitionDetailSchema, DefinitionSchema, DeployResultSchema
+from api.schemas import DefinitionDetailSchema, DefinitionSchema, DeployResultSchema, ValidateResultSchema
 from engine.errors import DeploymentInvalid, InvalidInput
 from engine.services import deployments
 
@@ -33,6 +33,20 @@ def deploy(session, user, actor):
         {"process_key": r.version.process_key, "version": r.version.version, "version_id": r.version.id,
          "created": r.created} for r in results],
         "warnings": [{"file": w.file, "message": w.message} for w in results.warnings]}
+
+
+@blp.route("/definitions/validate", methods=["POST"])
+@blp.doc(requestBody={"content": {"multipart/form-data": {"schema": {
+    "type": "object", "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"}}}}}}})
+@blp.response(200, ValidateResultSchema)
+@errors(blp, {422: "Validation failed; details name file, element and reason"})
+@authenticated
+def validate(session, user):
+    """Run the deploy's validation on the files (multipart field `files`) and store nothing: the
+    designer's 校验 button. 200 with the processes found and the warnings, or the deploy's 422."""
+    result = deployments.validate(_uploaded_files())
+    return {"processes": [{"process_key": r.version.process_key, "name": r.version.name} for r in result],
+            "warnings": [{"file": w.file, "message": w.message} for w in result.warnings]}
 
 
 def _uploaded_files() -> dict[str, str]:

@@ -11,4 +11,4 @@ from flask import Blueprint
 
 blp = Blueprint("web", __name__, template_folder="templates", static_folder="static", static_url_path="/static/web")
 
-from api.web import audit, login, vendor, views  # noqa: E402,F401  (registers the routes on blp)
+from api.web import audit, designer, login, vendor, views  # noqa: E402,F401  (registers the routes on blp)

@@ -64,6 +64,14 @@ def deploy(session: Session, files: dict[str, str], actor: Actor) -> DeployResul
     return DeployResult(results, bundle.warnings)
 
 
+def validate(files: dict[str, str]) -> DeployResult:
+    """What deploy would say of these files, storing nothing: raises DeploymentInvalid (naming file,
+    element and line) or returns the processes found (as unsaved versions) and the warnings."""
+    bundle = parse_bundle(_by_basename(files))
+    return DeployResult([Deployed(ProcessVersion(process_key=m.key, name=m.name, bpmn_file=m.bpmn_file), created=False)
+                         for m in bundle.models], bundle.warnings)
+
+
 def _by_basename(files: dict[str, str]) -> dict[str, str]:
     """Files are identified by name alone, so a CLI deploy of a folder and an upload hash the same."""
     named: dict[str, str] = {}
