@@ -96,18 +96,56 @@ def main() -> None:
     parser.add_argument("--click-rate", type=float, default=200.0, help="clicks per second in the burst")
     parser.add_argument("--click-seconds", type=float, default=20.0, help="how long the burst lasts")
     parser.add_argument("--api-processes", type=int, default=2, help="`finflow serve --processes` for the burst")
-    parser.add_argument("--worker-nice", type=int, default=0,
-                        help="run the burst's workers at this nice level (a stand-in for worker hosts of their own)")
+    parser.add_argument("--split-cpus", action="store_true",
+                        help="the API processes and the clicker on CPU 0, the rest (workers, simulator, PostgreSQL, "
+                             "Redis) on the others: a stand-in for API hosts of their own (root, for the services)")
     parser.add_argument("--orsign-clicks", type=int, default=200, help="or-sign decisions whose other cards are timed")
     args = parser.parse_args()
     children: list[subprocess.Popen] = []
+    split = SplitCpus() if args.split_cpus else None
     try:
-        run(args, children)
+        if split:
+            split.start()
+        run(args, children, split)
     finally:  # a failed run must not leave workers behind to steal the next run's jobs
         common.stop_processes(children)
+        if split:
+            split.stop()
 
 
-def run(args: argparse.Namespace, children: list[subprocess.Popen]) -> None:
+class SplitCpus:
+    """CPU 0 for what answers the callbacks (API processes, the clicker), the other CPUs for everything
+    else, as if they were separate hosts; the services' processes are put back on every CPU afterwards."""
+
+    SERVICES = ("postgres", "redis-server")
+
+    def __init__(self) -> None:
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            raise SystemExit("--split-cpus needs at least 2 CPUs")
+        self.all, self.api, self.rest = set(cpus), {cpus[0]}, set(cpus[1:])
+
+    def start(self) -> None:
+        os.sched_setaffinity(0, self.rest)  # this process (the simulator) and the workers it starts
+        self._services(self.rest)
+
+    def stop(self) -> None:
+        self._services(self.all)
+
+    def api_side(self) -> None:  # preexec_fn of the API server and the clicker
+        os.sched_setaffinity(0, self.api)
+
+    def _services(self, cpus: set[int]) -> None:
+        for pid in (int(p) for p in os.listdir("/proc") if p.isdigit()):
+            try:
+                if Path(f"/proc/{pid}/comm").read_text().strip() in self.SERVICES:
+                    for thread in os.listdir(f"/proc/{pid}/task"):
+                        os.sched_setaffinity(int(thread), cpus)
+            except (OSError, PermissionError):
+                continue
+
+
+def run(args: argparse.Namespace, children: list[subprocess.Popen], split: SplitCpus | None) -> None:
     from adapters.wecom.client import WeComClient
     from adapters.wecom.simulator import Simulator
     from engine.outbox import dispatch
@@ -177,14 +215,15 @@ def run(args: argparse.Namespace, children: list[subprocess.Popen]) -> None:
     with open(WORKDIR / "serve.log", "ab") as serve_log:
         server = subprocess.Popen([str(common.FINFLOW), "serve", "--port", str(port), "--threads", "8",
                                    "--processes", str(args.api_processes)], cwd=ROOT,
+                                  preexec_fn=split.api_side if split else None,
                                   env=env, stdout=serve_log, stderr=subprocess.STDOUT, start_new_session=True)
-    workers = [common.start_worker(["--queues", "channels"], env, log, args.worker_nice) for _ in range(2)]
+    workers = [common.start_worker(["--queues", "channels"], env, log) for _ in range(2)]
     children.extend([server, *workers])
     wait(lambda: _answers(f"http://127.0.0.1:{port}/api/v1/health"), 30, "finflow serve to answer")
     planned = approvals(url, WeComCard.user_id == MANAGER)
     plan = {"url": sim.callback_url, "rate": args.click_rate, "clicks": planned, "token": config.token,
             "aes_key": config.aes_key, "corp_id": config.corp_id, "agent_id": config.agent_id}
-    results = click(plan, "burst")
+    results = click(plan, "burst", split)
     acks = [a["ack_ms"] for r in results for a in r["attempts"]]
     bad = sum(1 for r in results for a in r["attempts"] if a["status"] != 200)
     wait(lambda: count(url, WeComCallback, WeComCallback.status.not_in(PENDING)) >= len(planned), 1200,
@@ -192,8 +231,8 @@ def run(args: argparse.Namespace, children: list[subprocess.Popen]) -> None:
     ack = common.spread(acks)
     print(f"callbacks: {len(acks)} POSTs ({len(acks) - len(planned)} WeCom retries) at {args.click_rate:.0f}/s "
           f"for {len(planned) / args.click_rate:.0f} s: ack p50 {ack['p50']:.1f} ms, p99 {ack['p99']:.1f} ms, "
-          f"max {ack['max']:.1f} ms; non-200 answers: {bad} ({args.api_processes} API process(es), 2 workers "
-          f"at nice {args.worker_nice})")
+          f"max {ack['max']:.1f} ms; non-200 answers: {bad} ({args.api_processes} API process(es), 2 workers"
+          f"{', API and clicker on a CPU of their own' if split else ', all on the same CPUs'})")
     sent_at = {r["task_id"]: r["attempts"][0]["sent"] for r in results}
     with transaction(url, readonly=True) as session:
         done = dict(session.execute(select(Task.id, Task.completed_at).where(Task.id.in_(sent_at))).all())
@@ -265,11 +304,12 @@ def approvals(url: str, *criteria, limit: int | None = None) -> list[dict]:
                 for c in session.scalars(select(WeComCard).where(*criteria).order_by(WeComCard.id).limit(limit))]
 
 
-def click(plan: dict, name: str) -> list[dict]:
+def click(plan: dict, name: str, split: SplitCpus | None = None) -> list[dict]:
     """Run the planned clicks from a separate clicker process; what each POST took and answered."""
     plan_path, out_path = WORKDIR / f"{name}.plan.json", WORKDIR / f"{name}.acks.json"
     plan_path.write_text(json.dumps(plan))
-    subprocess.run([sys.executable, __file__, "--clicker", str(plan_path), str(out_path)], check=True)
+    subprocess.run([sys.executable, __file__, "--clicker", str(plan_path), str(out_path)], check=True,
+                   preexec_fn=split.api_side if split else None)
     return json.loads(out_path.read_text())
 
 

@@ -19,14 +19,14 @@ from sqlalchemy.orm import Session
 from adapters.wecom.config import WeComConfig
 from api.web import blp
 from api.web.pages import current_login, error_page, page
-from api.web.summary import facts, names, status_text, timeline
+from api.web.summary import facts, local_time, names, status_text, timeline
 from engine.db import transaction
 from engine.errors import FinflowError
 from engine.finance.money import yuan
 from engine.history import Actor
 from engine.models import Instance, Task, User
 from engine.services.deployments import model_for
-from engine.services.queries import get_instance, list_tasks
+from engine.services.queries import INBOX_TABS, get_instance, inbox
 from engine.services.tasks import complete_task
 
 MAX_COMMENT = 2000
@@ -57,9 +57,20 @@ def logged_in(view: Callable[..., Response]) -> Callable[..., Response]:
 @logged_in
 def my_tasks(login: Login) -> Response:
     """Where a login without a (safe) next lands: the user's tasks waiting for them."""
+    tab = request.args.get("tab", "todo")
+    if tab not in INBOX_TABS:
+        tab = "todo"
     with transaction(readonly=True) as session:
-        tasks = list_tasks(session, session.get(User, login.user_id), mine=True, status="ready", per_page=50).items
-        return page("tasks.html", tasks=tasks, csrf=login.csrf)
+        rows = inbox(session, session.get(User, login.user_id), tab)
+        who = names(session, {instance.starter_id for _, instance in rows})
+        items = [{"href": f"/m/tasks/{task.id}" if task else f"/m/instances/{instance.id}",
+                  "title": " · ".join(p for p in (model_for(session, instance.version_id).name,
+                                                  who.get(instance.starter_id, instance.starter_id),
+                                                  yuan(instance.amount) if instance.amount is not None else "") if p),
+                  "detail": (f"{task.name} · " if task else "") + status_text(instance),
+                  "when": local_time(task.completed_at or task.created_at if task else instance.started_at)}
+                 for task, instance in rows]
+        return page("tasks.html", tab=tab, items=items, csrf=login.csrf)
 
 
 @blp.get("/m/tasks/<task_id>")

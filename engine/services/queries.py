@@ -112,6 +112,32 @@ def list_tasks(session: Session, viewer: User, *, mine: bool = False, instance_i
     return _paginate(session, stmt.order_by(Task.created_at, Task.id), page, per_page)
 
 
+INBOX_TABS = ("todo", "done", "started", "cc")  # 待办, 已办, 我发起的, 抄送我的
+
+
+def inbox(session: Session, viewer: User, tab: str, limit: int = 50) -> list[tuple[Task | None, Instance]]:
+    """The approver page's lists, newest first: tasks waiting for the viewer, tasks they decided,
+    instances they started, instances copied to them — (task or None, instance) pairs."""
+    if tab == "todo":
+        stmt = (select(Task, Instance).join(Instance, Instance.id == Task.instance_id)
+                .join(TaskCandidate, TaskCandidate.task_id == Task.id)
+                .where(TaskCandidate.user_id == viewer.id, Task.status == "ready").order_by(Task.created_at.desc()))
+    elif tab == "done":
+        stmt = (select(Task, Instance).join(Instance, Instance.id == Task.instance_id)
+                .where(Task.assignee_id == viewer.id, Task.status == "completed")
+                .order_by(Task.completed_at.desc()))
+    elif tab == "started":
+        stmt = select(Instance).where(Instance.starter_id == viewer.id).order_by(Instance.started_at.desc())
+        return [(None, instance) for instance in session.scalars(stmt.limit(limit))]
+    elif tab == "cc":
+        stmt = (select(Instance).join(InstanceCc, InstanceCc.instance_id == Instance.id)
+                .where(InstanceCc.user_id == viewer.id).order_by(InstanceCc.created_at.desc()))
+        return [(None, instance) for instance in session.scalars(stmt.limit(limit))]
+    else:
+        raise ValueError(f"unknown tab {tab!r}; use one of {INBOX_TABS}")
+    return [(task, instance) for task, instance in session.execute(stmt.limit(limit))]
+
+
 def get_task(session: Session, viewer: User, task_id: str) -> Task:
     task = session.get(Task, task_id)
     if task is None:
