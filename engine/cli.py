@@ -187,6 +187,10 @@ def up(ctx: click.Context, then_serve: bool) -> None:
     password = os.environ.get("FINFLOW_DEMO_PASSWORD", DEMO_PASSWORD)
     click.echo(f"web pages: log in as any demo user with the password {password!r} "
                f"({_demo_passwords(password)} set now; a password set before is kept)")
+    base = f"http://{os.environ.get('FINFLOW_HOST', '127.0.0.1')}:{os.environ.get('FINFLOW_PORT', '8000')}"
+    for path, what in (("/m/", "审批 (approvers, mobile)"), ("/designer", "流程设计器 (designers: luyao)"),
+                       ("/audit", "审计 (auditors: fengli)"), ("/login", "login")):
+        click.echo(f"  {base}{path}  {what}")
     if then_serve:
         _start_wecom_simulator()
         ctx.invoke(serve)

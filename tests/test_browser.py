@@ -89,6 +89,8 @@ def test_approver_on_a_phone_approves_with_a_comment(browser, site):
     page.click("button[value=approve]")
     page.wait_for_load_state()
     assert "处理结果：已同意" in page.content() and "同意报销" in page.content()
+    page.goto(f"{site}/m/?tab=done")
+    assert "¥1,200.00" in page.text_content("#items")  # it moved to 已办
     page.screenshot(path=ARTIFACTS / "approver-done.png", full_page=True)
 
 

@@ -126,3 +126,26 @@ def test_a_deactivated_users_sessions_end_at_once(app, with_password):
 def test_a_short_password_is_refused():
     with transaction() as session, pytest.raises(ValueError, match="at least 8"):
         passwords.set_password(session, MANAGER, "short")
+
+
+def test_the_approver_lists_todo_done_started_and_cc(app, with_password):
+    from engine.history import Actor
+    from engine.services.tasks import complete_task
+
+    with transaction() as session:
+        passwords.set_password(session, "suxiaoyun", PASSWORD)
+    iid = start("reimbursement", "suxiaoyun", claim("办公", 800))
+    manager = app.test_client()
+    log_in(manager)
+    todo = manager.get("/m/?tab=todo")
+    assert "我的待办" in todo.text and "¥800.00" in todo.text and "直属上级审批" in todo.text
+    with transaction() as session:
+        complete_task(session, Actor(MANAGER, "web"), ready(iid)[0].id, "approve", "同意")
+    assert "暂无待处理的任务" in manager.get("/m/?tab=todo").text
+    done = manager.get("/m/?tab=done")
+    assert "我已处理" in done.text and "¥800.00" in done.text
+    applicant = app.test_client()
+    log_in(applicant, login="suxiaoyun")
+    assert f"/m/instances/{iid}" in applicant.get("/m/?tab=started").text
+    assert "暂无抄送给您的申请" in applicant.get("/m/?tab=cc").text
+    assert "我的待办" in applicant.get("/m/?tab=nonsense").text  # an unknown tab is the to-do list

@@ -69,3 +69,11 @@ class WeComConfig:
                 "FINFLOW_WECOM_OAUTH_BASE": self.oauth_base, "FINFLOW_PUBLIC_URL": self.public_url,
                 "FINFLOW_WECOM_ADMINS": ",".join(self.admins), "FINFLOW_WECOM_ORG_SYNC": "1" if self.org_sync else "0",
                 "FINFLOW_WECOM_SYNC_HOUR": str(self.sync_hour), "FINFLOW_WECOM_SOURCE": self.source}
+
+
+def configured() -> bool:
+    """Whether a WeCom corp is configured (a half-done configuration counts as none here)."""
+    try:
+        return WeComConfig.from_env() is not None
+    except ValueError:
+        return False

@@ -16,7 +16,7 @@ from urllib.parse import quote
 from flask import Response, redirect, request
 from sqlalchemy.orm import Session
 
-from adapters.wecom.config import WeComConfig
+from adapters.wecom.config import configured as wecom_configured
 from api.web import blp
 from api.web.pages import current_login, error_page, page
 from api.web.summary import facts, local_time, names, status_text, timeline
@@ -161,10 +161,7 @@ def _instance_context(session: Session, instance: Instance) -> dict:
 def _login_first() -> Response:
     """Inside WeCom (its browser says `wxwork`) with WeCom configured: OAuth2, no password typed; else the
     password login. Either comes back to this page."""
-    try:
-        configured = WeComConfig.from_env() is not None
-    except ValueError:
-        configured = False
+    configured = wecom_configured()
     back = quote(request.full_path.rstrip("?") if request.query_string else request.path, safe="/?=&")
     if configured and "wxwork" in (request.headers.get("User-Agent") or "").lower():
         return redirect(f"/wecom/oauth/start?next={back}", code=302)
