@@ -168,6 +168,7 @@ class Instance(Base):
     __table_args__ = (
         Index("ix_instances_process_status", "process_key", "status"),
         Index("ix_instances_started_at", "started_at"),
+        Index("ix_instances_version_status", "version_id", "status"),  # per-version statistics
     )
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     process_key: Mapped[str] = mapped_column(String(64))

@@ -118,6 +118,10 @@ def test_auditor_searches_opens_the_diagram_and_exports(browser, site):
     hidden = page.evaluate("[...document.querySelectorAll('#timeline tbody tr')].filter(r => r.hidden).length")
     assert hidden > 0
     page.screenshot(path=ARTIFACTS / "audit-instance.png", full_page=True)
+    page.goto(f"{site}/audit/processes/reimbursement/1")
+    page.wait_for_selector("body[data-diagram=ready]")
+    assert page.locator(".djs-element.ff-heat-5").count() > 0 and "瓶颈节点" in page.content()
+    page.screenshot(path=ARTIFACTS / "audit-statistics.png", full_page=True)
 
 
 def test_designer_edits_validates_deploys_and_the_new_version_runs(browser, site):

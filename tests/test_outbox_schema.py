@@ -10,7 +10,8 @@ from sqlalchemy import Numeric
 from engine.db import Base
 from engine.models import Money
 
-TABLES = {"outbox", "notifications", "budgets", "budget_entries", "invoice_claims", "users", "login_attempts"}
+TABLES = {"outbox", "notifications", "budgets", "budget_entries", "invoice_claims", "users", "login_attempts",
+          "instances"}
 
 
 def _table_of(diff) -> str | None:

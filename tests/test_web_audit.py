@@ -109,3 +109,19 @@ def test_the_vendor_route_serves_only_dist_files(app):
     assert client.get("/static/vendor/bpmn-js/bpmn-navigated-viewer.production.min.js").status_code == 200
     assert client.get("/static/vendor/bpmn-js/../package.json").status_code == 404
     assert client.get("/static/vendor/left-pad/index.js").status_code == 404
+
+
+def test_version_statistics_count_nodes_time_rejections_and_flows(app, logins, instances):
+    small, large, task = instances
+    rejected = ready(large)[0]
+    with transaction() as session:
+        complete_task(session, Actor(rejected.candidates[0], "web"), rejected.id, "reject", "超标")
+    page = logged_in(app, AUDITOR).get("/audit/processes/reimbursement/1")
+    assert page.status_code == 200 and 'id="instance-count">2<' in page.text
+    heat = json.loads(re.search(r'id="ff-heat">(.*?)</script>', page.text, re.S).group(1))
+    assert heat["nodes"][task.node_id]["instances"] == 2 and heat["nodes"][task.node_id]["tokens"] == 2
+    assert any(count >= 2 for count in heat["flows"].values())
+    row = re.search(rf'<tr data-node="{task.node_id}">(.*?)</tr>', page.text, re.S).group(1)
+    assert "50.0%" in row  # one of the two decisions there was a rejection
+    assert logged_in(app, EMPLOYEE).get("/audit/processes/reimbursement/1").status_code == 403
+    assert logged_in(app, AUDITOR).get("/audit/processes/reimbursement/99").status_code == 404

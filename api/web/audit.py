@@ -1,5 +1,6 @@
 """The auditor's pages (审计): GET /audit (search), /audit/export.csv, /audit/instances/<id> (the diagram
-with the path taken and the full timeline). Read-only by construction: no route here changes anything.
+with the path taken and the full timeline), /audit/processes/<key>/<version> (statistics and heatmap).
+Read-only by construction: no route here changes anything.
 
 Open to the auditor and admin roles; what they find is what engine.services.queries lets them see
 (the same data scope as the REST API's GET /instances).
@@ -25,9 +26,10 @@ from engine.db import transaction
 from engine.errors import FinflowError
 from engine.finance.money import yuan
 from engine.models import Instance, ProcessVersion, User
-from engine.services.deployments import model_for
+from engine.services.deployments import get_version, list_versions, model_for
 from engine.services.progress import instance_progress
 from engine.services.queries import get_instance, instance_filter, scope_instances, search_instances
+from engine.services.statistics import version_statistics
 
 AUDIT_ROLES = frozenset({"auditor", "admin"})
 SEARCH_FIELDS = ("business_key", "process_key", "starter", "approver", "amount_min", "amount_max", "status",
@@ -121,6 +123,35 @@ def audited_instance(session: Session, user: User, login: Login, instance_id: st
                     kinds=sorted({row.kind for row in timeline}), diagram=diagram, csrf=login.csrf)
     response.headers["Content-Security-Policy"] = PAGE_SCRIPTS
     return response
+
+
+@blp.get("/audit/processes/<key>/<int:version>")
+@auditor
+def version_stats(session: Session, user: User, login: Login, key: str, version: int) -> Response:
+    try:
+        found = get_version(session, key[:64], version)
+    except FinflowError as exc:
+        return error_page("流程不存在", exc.message, exc.status)
+    model = model_for(session, found.id)
+    stats = version_statistics(session, found.id, model)
+    nodes = sorted((n for n in stats.nodes.values() if n.instances or n.waiting),
+                   key=lambda n: -(n.average_seconds or 0))
+    heat = {"bpmn": found.files.get(found.bpmn_file, ""),
+            "nodes": {n.node_id: {"tokens": n.tokens, "instances": n.instances, "waiting": n.waiting}
+                      for n in stats.nodes.values()}, "flows": stats.flows}
+    response = page("audit_stats.html", version=found, stats=stats, nodes=nodes, heat=heat, csrf=login.csrf,
+                    versions=list_versions(session, found.process_key), seconds=human_seconds)
+    response.headers["Content-Security-Policy"] = PAGE_SCRIPTS
+    return response
+
+
+def human_seconds(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    for limit, unit, size in ((60, "秒", 1), (3600, "分钟", 60), (86400, "小时", 3600)):
+        if seconds < limit:
+            return f"{seconds / size:.0f} {unit}" if size == 1 else f"{seconds / size:.1f} {unit}"
+    return f"{seconds / 86400:.1f} 天"
 
 
 def _rows(session: Session, instances: list[Instance]) -> list[dict]:

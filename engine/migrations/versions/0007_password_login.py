@@ -1,11 +1,12 @@
-"""password login
+"""password login, statistics index
 
 Revision ID: 0007
 Revises: 0006
 Create Date: 2026-12-03 13:00:00
 
 The local password login of the web pages (for the demo and companies without WeCom): a password hash
-on users, and every attempt recorded (failed logins are audited and rate-limited from it).
+on users, and every attempt recorded (failed logins are audited and rate-limited from it); an index for the
+auditor's per-version statistics.
 """
 from typing import Sequence, Union
 
@@ -37,10 +38,12 @@ def upgrade() -> None:
     )
     op.create_index('ix_login_attempts_login_at', 'login_attempts', ['login', 'at'], unique=False)
     op.create_index('ix_login_attempts_client_ip_at', 'login_attempts', ['client_ip', 'at'], unique=False)
+    op.create_index('ix_instances_version_status', 'instances', ['version_id', 'status'], unique=False)
 
 
 def downgrade() -> None:
     """Downgrade schema."""
+    op.drop_index('ix_instances_version_status', table_name='instances')
     op.drop_index('ix_login_attempts_client_ip_at', table_name='login_attempts')
     op.drop_index('ix_login_attempts_login_at', table_name='login_attempts')
     op.drop_table('login_attempts')
