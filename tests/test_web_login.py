@@ -149,3 +149,30 @@ def test_the_approver_lists_todo_done_started_and_cc(app, with_password):
     assert f"/m/instances/{iid}" in applicant.get("/m/?tab=started").text
     assert "暂无抄送给您的申请" in applicant.get("/m/?tab=cc").text
     assert "我的待办" in applicant.get("/m/?tab=nonsense").text  # an unknown tab is the to-do list
+
+
+def test_the_task_page_transfers_and_returns_with_a_comment(app, with_password):
+    iid = start("reimbursement", "suxiaoyun", claim("办公", 700))
+    task = ready(iid)[0]
+    client = app.test_client()
+    log_in(client)
+    csrf = page_csrf(client)
+    unknown = client.post(f"/m/tasks/{task.id}", data={"csrf": csrf, "action": "transfer", "to": "nobody"})
+    assert unknown.status_code in (404, 422) and "nobody" in unknown.text  # shown on the page, no 5xx
+    moved = client.post(f"/m/tasks/{task.id}", data={"csrf": csrf, "action": "transfer", "to": "huangmin",
+                                                     "comment": "请黄总处理"})
+    assert moved.status_code == 303
+    assert "huangmin" in ready(iid)[0].candidates
+    second = start("reimbursement", "suxiaoyun", claim("办公", 600))
+    first_task = ready(second)[0]
+    client.post(f"/m/tasks/{first_task.id}", data={"csrf": csrf, "action": "approve"})
+    reviewer = ready(second)[0].candidates[0]
+    with transaction() as session:
+        passwords.set_password(session, reviewer, PASSWORD)
+    other = app.test_client()
+    log_in(other, login=reviewer)
+    returned = other.post(f"/m/tasks/{ready(second)[0].id}", data={"csrf": page_csrf(other), "action": "return",
+                                                                   "comment": "请补充发票"})
+    assert returned.status_code == 303
+    back = ready(second)
+    assert len(back) == 1 and back[0].candidates == ["suxiaoyun"]  # the applicant revises (申请人修改)

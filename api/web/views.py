@@ -27,7 +27,7 @@ from engine.history import Actor
 from engine.models import Instance, Task, User
 from engine.services.deployments import model_for
 from engine.services.queries import INBOX_TABS, get_instance, inbox
-from engine.services.tasks import complete_task
+from engine.services.tasks import complete_task, return_task, transfer_task
 
 MAX_COMMENT = 2000
 ID_CHARS = 36
@@ -87,12 +87,18 @@ def decide(login: Login, task_id: str) -> Response:
     action, comment = request.form.get("action", ""), (request.form.get("comment") or "").strip()[:MAX_COMMENT]
     if not hmac.compare_digest(request.form.get("csrf", ""), login.csrf):
         return error_page("操作失败", "页面已过期，请刷新后重试。", 403)
-    if action not in ("approve", "reject"):
-        return error_page("操作失败", "请选择同意或驳回。", 400)
+    if action not in ("approve", "reject", "return", "transfer"):
+        return error_page("操作失败", "请选择同意、驳回、退回或转办。", 400)
+    target = (request.form.get("to") or "").strip()[:64]
     actor = Actor(login.user_id, "web", request.remote_addr, (request.headers.get("User-Agent") or "")[:255])
     try:
         with transaction() as session:
-            complete_task(session, actor, task_id, action, comment or None)
+            if action == "transfer":
+                transfer_task(session, actor, task_id, target, comment or None)
+            elif action == "return":
+                return_task(session, actor, task_id, "applicant", comment or None)
+            else:
+                complete_task(session, actor, task_id, action, comment or None)
     except FinflowError as exc:
         with transaction(readonly=True) as session:
             return _render_task(session, session.get(User, login.user_id), task_id, login.csrf, exc.message,
