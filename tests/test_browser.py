@@ -182,3 +182,27 @@ def test_an_employee_cannot_deploy_or_export(browser, site):
     }""")
     assert answer == [403, "csrf_failed"]
     assert page.goto(f"{site}/audit/export.csv").status == 403
+
+
+def test_designer_edits_a_decision_table_in_dmn_js(browser, site):
+    with transaction() as session:
+        passwords.set_password(session, "luyao", PASSWORD)
+    page = log_in(browser, site, "luyao", "/designer/reimbursement/1", viewport={"width": 1440, "height": 900})
+    page.wait_for_selector("body[data-modeler=ready]")
+    page.select_option("#file", "reimbursement_routing.dmn")
+    page.wait_for_selector("body[data-dmn=ready]")
+    cell = page.locator("td", has_text="> 50000").first
+    cell.click()
+    page.keyboard.press("End")
+    page.keyboard.press("Backspace")
+    page.keyboard.type("1")  # > 50001
+    page.click("#validate")
+    page.wait_for_selector("#status:not(:text('校验中'))")
+    page.wait_for_timeout(300)
+    assert page.text_content("#status").startswith("校验通过"), page.text_content("#status")
+    page.screenshot(path=ARTIFACTS / "designer-dmn.png", full_page=True)
+    page.click("#deploy")
+    page.wait_for_selector("body[data-deployed]")
+    with transaction() as session:
+        deployed = get_version(session, "reimbursement", 2).files["reimbursement_routing.dmn"]
+    assert "&gt; 50001" in deployed and "&gt; 50000<" not in deployed

@@ -116,10 +116,38 @@
     fields.forEach((spec) => panel.appendChild(field(element, spec)));
   }
 
+  // Decision tables (DMN) open in dmn-js, one modeler per file, created when first chosen.
+  const decisions = {};
+  const fileChoice = document.getElementById("file"), dmnCanvas = document.getElementById("dmn-canvas");
+  fileChoice.addEventListener("change", async () => {
+    const name = fileChoice.value, isBpmn = name === editor.bpmn_file;
+    document.getElementById("canvas").hidden = !isBpmn;
+    document.getElementById("properties").hidden = !isBpmn;
+    dmnCanvas.hidden = isBpmn;
+    Object.entries(decisions).forEach(([file, entry]) => { entry.box.hidden = file !== name; });
+    if (isBpmn || decisions[name]) return;
+    const box = document.createElement("div");
+    box.className = "dmn-box";
+    dmnCanvas.appendChild(box);
+    const dmn = new DmnJS({ container: box });
+    decisions[name] = { box: box, modeler: dmn };
+    try {
+      await dmn.importXML(editor.files[name]);
+      const table = dmn.getViews().find((view) => view.type === "decisionTable");
+      if (table) await dmn.open(table);
+      document.body.dataset.dmn = "ready";
+    } catch (error) {
+      say(name + " 无法打开：" + error.message, "error");
+    }
+  });
+
   async function currentFiles() {
     const { xml } = await modeler.saveXML({ format: true });
     const files = Object.assign({}, editor.files);
     files[editor.bpmn_file] = xml;
+    for (const [name, entry] of Object.entries(decisions)) {
+      files[name] = (await entry.modeler.saveXML({ format: true })).xml;
+    }
     const form = new FormData();
     Object.entries(files).forEach(([name, text]) => form.append("files", new Blob([text], { type: "text/plain" }), name));
     return { form: form, xml: xml };
