@@ -137,6 +137,8 @@ def test_the_approver_lists_todo_done_started_and_cc(app, with_password):
     iid = start("reimbursement", "suxiaoyun", claim("办公", 800))
     manager = app.test_client()
     log_in(manager)
+    task_page = manager.get(f"/m/tasks/{ready(iid)[0].id}")
+    assert "发票明细（1）" in task_page.text and "¥800.00" in task_page.text  # the invoices behind the claim
     todo = manager.get("/m/?tab=todo")
     assert "我的待办" in todo.text and "¥800.00" in todo.text and "直属上级审批" in todo.text
     with transaction() as session:

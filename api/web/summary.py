@@ -49,6 +49,20 @@ def facts(model: ProcessModel, instance: Instance) -> list[tuple[str, str]]:
     return shown_fields(form, instance.data, names)
 
 
+def item_lists(model: ProcessModel, instance: Instance) -> list[tuple[str, list[list[tuple[str, str]]]]]:
+    """The start form's lists of records (发票明细 …) as (title, items of (label, value)), formatted as the
+    facts are: what an approver checks an amount against."""
+    properties = model.form(model.start_form).get("properties", {})
+    lists = []
+    for name, spec in properties.items():
+        items, schema = instance.data.get(name), spec.get("items") or {}
+        if spec.get("type") == "array" and schema.get("type") == "object" and isinstance(items, list) and items:
+            fields = list(schema.get("properties", {}))
+            lists.append((str(spec.get("title") or name),
+                          [shown_fields(schema, item, fields) for item in items if isinstance(item, dict)]))
+    return lists
+
+
 def names(session: Session, ids: set[str]) -> dict[str, str]:
     ids = {i for i in ids if i}
     if not ids:

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from adapters.wecom.config import configured as wecom_configured
 from api.web import blp
 from api.web.pages import current_login, error_page, page
-from api.web.summary import facts, local_time, names, status_text, timeline
+from api.web.summary import facts, item_lists, local_time, names, status_text, timeline
 from engine.db import transaction
 from engine.errors import FinflowError
 from engine.finance.money import yuan
@@ -159,6 +159,7 @@ def _instance_context(session: Session, instance: Instance) -> dict:
     model = model_for(session, instance.version_id)
     starter = names(session, {instance.starter_id})
     return {"instance": instance, "process_name": model.name, "facts": facts(model, instance),
+            "item_lists": item_lists(model, instance),
             "applicant": starter.get(instance.starter_id, instance.starter_id),
             "amount": yuan(instance.amount) if instance.amount is not None else None,
             "status": status_text(instance), "steps": timeline(session, instance.id)}
