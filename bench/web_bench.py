@@ -35,6 +35,7 @@ import adapters  # noqa: E402  (every model, so the schema is dropped whole)
 from engine.db import get_engine, transaction  # noqa: E402
 from engine.history import Actor  # noqa: E402
 from engine.models import HistoryEvent, Instance, Task, TaskCandidate  # noqa: E402
+from engine.services.statistics import _GATEWAY_FLOWS  # noqa: E402
 from engine.services.tasks import complete_task  # noqa: E402
 
 PASSWORD = "bench-password-1"
@@ -165,8 +166,12 @@ def explain(url: str) -> None:
     queries = {
         "tasks of the version": f"SELECT node_id, status, action, created_at, completed_at, due_at FROM tasks "
                                 f"WHERE instance_id IN {version}",
-        "instances reaching each node": f"SELECT node_id, count(DISTINCT instance_id) FROM history_events "
-                                        f"WHERE instance_id IN {version} AND node_id IS NOT NULL GROUP BY node_id",
+        "instances and passes per node": f"SELECT node_id, count(*), sum(p) FROM (SELECT node_id, instance_id, "
+                                         f"count(*) FILTER (WHERE type <> 'task.assigned') p FROM history_events "
+                                         f"WHERE instance_id IN {version} AND node_id IS NOT NULL "
+                                         f"GROUP BY node_id, instance_id) v GROUP BY node_id",
+        "flows taken at gateways": _GATEWAY_FLOWS["postgresql"].replace(
+            ":version", "(SELECT id FROM process_versions WHERE process_key = 'reimbursement' AND version = 1)"),
         "one instance's timeline": "SELECT * FROM history_events WHERE instance_id = "
                                    "(SELECT id FROM instances LIMIT 1) ORDER BY seq",
     }
