@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import date, datetime
+from decimal import Decimal
 
 from marshmallow import Schema, ValidationError, fields, validate
 
@@ -166,6 +167,12 @@ def in_calendar(moment: datetime) -> None:
         raise ValidationError("must be between 0001-01-02 and 9999-12-30")
 
 
+def _search_amount(value: Decimal) -> None:
+    """A search bound in yuan (a plain function: apispec would print Range's bounds as strings)."""
+    if not Decimal(0) <= value <= Decimal(10) ** 15:
+        raise ValidationError("must be between 0 and 10^15")
+
+
 class InstanceSearchArgsSchema(PageArgsSchema):
     process_key = fields.String(validate=PROCESS_KEY)
     status = fields.String(validate=validate.OneOf(["running", "completed", "withdrawn", "cancelled", "failed"]))
@@ -174,8 +181,10 @@ class InstanceSearchArgsSchema(PageArgsSchema):
     started_from = fields.DateTime(validate=in_calendar)
     started_to = fields.DateTime(validate=in_calendar)
     approver = fields.String(validate=validate.Length(max=64), metadata={"description": "a user asked to act on it"})
-    amount_min = fields.Decimal(as_string=True, allow_nan=False, validate=validate.Range(min=0, max=10**15))
-    amount_max = fields.Decimal(as_string=True, allow_nan=False, validate=validate.Range(min=0, max=10**15))
+    amount_min = fields.Decimal(as_string=True, allow_nan=False, validate=_search_amount,
+                                metadata={"description": "yuan, 0 to 10^15; instances with at least this amount"})
+    amount_max = fields.Decimal(as_string=True, allow_nan=False, validate=_search_amount,
+                                metadata={"description": "yuan, 0 to 10^15; instances with at most this amount"})
 
 
 class ReasonSchema(StrictSchema):

@@ -67,14 +67,17 @@ def log_in(browser, site: str, user: str, next_url: str, **context):
     return page
 
 
-def test_login_refuses_a_wrong_password(browser, site):
+def test_login_refuses_a_wrong_password_then_limits_the_attempts(browser, site):
     page = browser.new_context(locale="zh-CN").new_page()
-    page.goto(f"{site}/login")
-    page.fill("input[name=login]", "guoxin")
-    page.fill("input[name=password]", "wrong-password")
-    page.click("button[type=submit]")
-    assert "账号或密码错误" in page.text_content("[role=alert]")
-    page.screenshot(path=ARTIFACTS / "login-refused.png", full_page=True)
+    for attempt in range(passwords.MAX_FAILURES_PER_LOGIN + 1):
+        page.goto(f"{site}/login")
+        page.fill("input[name=login]", "guoxin")
+        page.fill("input[name=password]", "wrong-password" if attempt < passwords.MAX_FAILURES_PER_LOGIN else PASSWORD)
+        page.click("form[action='/login'] button[type=submit]")
+        if attempt == 0:
+            assert "账号或密码错误" in page.text_content("[role=alert]")
+            page.screenshot(path=ARTIFACTS / "login-refused.png", full_page=True)
+    assert "登录失败次数过多" in page.text_content("[role=alert]")  # even the right password, for now
 
 
 def test_approver_on_a_phone_approves_with_a_comment(browser, site):
