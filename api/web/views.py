@@ -56,21 +56,25 @@ def logged_in(view: Callable[..., Response]) -> Callable[..., Response]:
 @blp.get("/m/")
 @logged_in
 def my_tasks(login: Login) -> Response:
-    """Where a login without a (safe) next lands: the user's tasks waiting for them."""
+    """Where a login without a (safe) next lands: 待办 (or the tab asked for: 已办, 我发起的, 抄送我的)."""
     tab = request.args.get("tab", "todo")
     if tab not in INBOX_TABS:
         tab = "todo"
     with transaction(readonly=True) as session:
         rows = inbox(session, session.get(User, login.user_id), tab)
         who = names(session, {instance.starter_id for _, instance in rows})
-        items = [{"href": f"/m/tasks/{task.id}" if task else f"/m/instances/{instance.id}",
-                  "title": " · ".join(p for p in (model_for(session, instance.version_id).name,
-                                                  who.get(instance.starter_id, instance.starter_id),
-                                                  yuan(instance.amount) if instance.amount is not None else "") if p),
-                  "detail": (f"{task.name} · " if task else "") + status_text(instance),
-                  "when": local_time(task.completed_at or task.created_at if task else instance.started_at)}
-                 for task, instance in rows]
+        items = [_inbox_item(session, task, instance, who) for task, instance in rows]
         return page("tasks.html", tab=tab, items=items, csrf=login.csrf)
+
+
+def _inbox_item(session: Session, task: Task | None, instance: Instance, who: dict[str, str]) -> dict[str, str]:
+    """One line of a list: 「费用报销 · 苏晓云 · ¥1,200.00」, the node and status, and when."""
+    amount = yuan(instance.amount) if instance.amount is not None else ""
+    title = [model_for(session, instance.version_id).name, who.get(instance.starter_id, instance.starter_id), amount]
+    when = (task.completed_at or task.created_at) if task else instance.started_at
+    return {"href": f"/m/tasks/{task.id}" if task else f"/m/instances/{instance.id}",
+            "title": " · ".join(part for part in title if part),
+            "detail": (f"{task.name} · " if task else "") + status_text(instance), "when": local_time(when)}
 
 
 @blp.get("/m/tasks/<task_id>")
