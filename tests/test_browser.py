@@ -209,3 +209,49 @@ def test_designer_edits_a_decision_table_in_dmn_js(browser, site):
     with transaction() as session:
         deployed = get_version(session, "reimbursement", 2).files["reimbursement_routing.dmn"]
     assert "&gt; 50001" in deployed and "&gt; 50000<" not in deployed
+
+
+REMINDER = """
+    <bpmn:boundaryEvent id="remind_manager" name="催办提醒" attachedToRef="manager_approval" cancelActivity="false">
+      <bpmn:outgoing>flow_remind_manager</bpmn:outgoing>
+      <bpmn:timerEventDefinition><bpmn:timeCycle>"R/PT24H"</bpmn:timeCycle></bpmn:timerEventDefinition>
+    </bpmn:boundaryEvent>
+    <bpmn:endEvent id="manager_reminded"><bpmn:incoming>flow_remind_manager</bpmn:incoming></bpmn:endEvent>
+    <bpmn:sequenceFlow id="flow_remind_manager" sourceRef="remind_manager" targetRef="manager_reminded" />
+  </bpmn:process>"""
+REMINDER_DI = """
+      <bpmndi:BPMNShape id="remind_manager_di" bpmnElement="remind_manager">
+        <dc:Bounds x="572" y="242" width="36" height="36" /></bpmndi:BPMNShape>
+      <bpmndi:BPMNShape id="manager_reminded_di" bpmnElement="manager_reminded">
+        <dc:Bounds x="572" y="330" width="36" height="36" /></bpmndi:BPMNShape>
+      <bpmndi:BPMNEdge id="flow_remind_manager_di" bpmnElement="flow_remind_manager">
+        <di:waypoint x="590" y="278" /><di:waypoint x="590" y="330" /></bpmndi:BPMNEdge>
+    </bpmndi:BPMNPlane>"""
+
+
+def test_designer_edits_a_reminders_period(browser, site):
+    from engine.services.deployments import deploy
+
+    with transaction() as session:
+        passwords.set_password(session, "luyao", PASSWORD)
+        v1 = get_version(session, "reimbursement", 1)
+        files = dict(v1.files)
+        bpmn = files[v1.bpmn_file].replace("</bpmn:process>", REMINDER, 1)
+        files[v1.bpmn_file] = bpmn.replace("</bpmndi:BPMNPlane>", REMINDER_DI, 1)
+        deploy(session, files, Actor("luyao"))  # v2: with a reminder every 24 h on the manager's task
+    page = log_in(browser, site, "luyao", "/designer/reimbursement/2", viewport={"width": 1440, "height": 900})
+    page.wait_for_selector("body[data-modeler=ready]")
+    page.click('.djs-element[data-element-id="remind_manager"]')
+    period = page.locator('#properties input[name="timer.duration"]')
+    assert period.input_value() == "R/PT24H"
+    assert page.locator('#properties select[name="timer.interrupting"]').input_value() == "false"
+    period.fill("every day")
+    period.press("Tab")
+    assert "时长格式不正确" in page.text_content("#status")
+    period.fill("R/PT12H")
+    period.press("Tab")
+    page.click("#deploy")
+    page.wait_for_selector("body[data-deployed]")
+    with transaction() as session:
+        v3 = get_version(session, "reimbursement", 3)
+        assert '"R/PT12H"' in v3.files[v3.bpmn_file] and '"R/PT24H"' not in v3.files[v3.bpmn_file]

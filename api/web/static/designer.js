@@ -114,6 +114,40 @@
       (bo.eventDefinitions || []).some((d) => d.$type === "bpmn:TimerEventDefinition");
     const fields = element.type === "bpmn:UserTask" ? USER_TASK : isTimer ? BOUNDARY_TIMER : [];
     fields.forEach((spec) => panel.appendChild(field(element, spec)));
+    if (isTimer) timerFields(element, panel);
+  }
+
+  // A boundary timer: how long after the task it fires (a reminder when it does not interrupt the task,
+  // a timeout when it does). The duration is stored as the engine reads it: a quoted ISO 8601 string.
+  function timerFields(element, panel) {
+    const bo = element.businessObject, timer = bo.eventDefinitions.find((d) => d.$type === "bpmn:TimerEventDefinition");
+    const cycle = Boolean(timer.timeCycle), property = cycle ? "timeCycle" : "timeDuration";
+    const duration = document.createElement("label");
+    duration.textContent = cycle ? "重复周期（如 R/PT24H：每 24 小时）" : "时长（ISO 8601，如 PT24H、P3D）";
+    const input = document.createElement("input");
+    input.name = "timer.duration";
+    input.value = ((timer[property] && timer[property].body) || "").replace(/^["']|["']$/g, "");
+    input.addEventListener("change", () => {
+      const value = input.value.trim().toUpperCase();
+      if (!/^(R\d*\/)?P(?=\d|T\d)(\d+D)?(T(?=\d)(\d+H)?(\d+M)?(\d+S)?)?$/.test(value)) {
+        say("时长格式不正确：" + value, "error");
+        return;
+      }
+      const body = moddle.create("bpmn:FormalExpression", { body: '"' + value + '"' });
+      modeling.updateModdleProperties(element, timer, { [property]: body });
+      say("");
+    });
+    duration.appendChild(input);
+    panel.appendChild(duration);
+    const kind = document.createElement("label");
+    kind.textContent = "到时后";
+    const choice = document.createElement("select");
+    choice.name = "timer.interrupting";
+    [["false", "提醒（不中断任务）"], ["true", "超时（中断任务）"]].forEach(([value, text]) =>
+      choice.add(new Option(text, value, false, String(bo.cancelActivity !== false) === value)));
+    choice.addEventListener("change", () => modeling.updateProperties(element, { cancelActivity: choice.value === "true" }));
+    kind.appendChild(choice);
+    panel.appendChild(kind);
   }
 
   // Decision tables (DMN) open in dmn-js, one modeler per file, created when first chosen.
