@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Callable, Iterator
-from functools import wraps
+from collections.abc import Iterator
+from urllib.parse import urlencode
 
 from flask import Response, request, stream_with_context
 from marshmallow import ValidationError
@@ -20,8 +20,8 @@ from sqlalchemy.orm import Session
 from api.schemas import InstanceSearchArgsSchema
 from api.web import blp
 from api.web.pages import error_page, page
-from api.web.summary import audit_timeline, local_time, names, status_text
-from api.web.views import ID_CHARS, Login, logged_in
+from api.web.summary import audit_timeline, human_seconds, local_time, names, status_text
+from api.web.views import ID_CHARS, Login, with_user
 from engine.db import transaction
 from engine.errors import FinflowError
 from engine.finance.money import yuan
@@ -35,23 +35,9 @@ AUDIT_ROLES = frozenset({"auditor", "admin"})
 SEARCH_FIELDS = ("business_key", "process_key", "starter", "approver", "amount_min", "amount_max", "status",
                  "started_from", "started_to")
 EXPORT_BATCH = 500
-PAGE_SCRIPTS = "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; " \
-               "font-src 'self' data:; connect-src 'self'; form-action 'self'"
 
 
-def auditor(view: Callable[..., Response]) -> Callable[..., Response]:
-    """A logged-in user with the auditor or admin role, else a 403 page."""
-
-    @logged_in
-    @wraps(view)
-    def wrapper(login: Login, **kwargs) -> Response:
-        with transaction(readonly=True) as session:
-            user = session.get(User, login.user_id)
-            if not user.role_ids & AUDIT_ROLES:
-                return error_page("无权访问", "审计页面仅向审计员和管理员开放。", 403)
-            return view(session, user, login, **kwargs)
-
-    return wrapper
+auditor = with_user(AUDIT_ROLES, "审计页面仅向审计员和管理员开放。")
 
 
 def _criteria() -> tuple[dict, dict[str, list[str]]]:
@@ -69,7 +55,7 @@ def audit_search(session: Session, user: User, login: Login) -> Response:
     criteria, errors = _criteria()
     found = None if errors else search_instances(session, user, **{"per_page": 20, **criteria})
     rows = _rows(session, found.items) if found else []
-    query = "&".join(f"{k}={request.args[k]}" for k in SEARCH_FIELDS if request.args.get(k))
+    query = urlencode([(k, request.args[k]) for k in SEARCH_FIELDS if request.args.get(k)])
     return page("audit_search.html", args=request.args, errors=errors, found=found, rows=rows, query=query,
                 csrf=login.csrf)
 
@@ -118,11 +104,12 @@ def audited_instance(session: Session, user: User, login: Login, instance_id: st
     node_names = {node_id: node.name for node_id, node in model.nodes.items()}
     timeline = audit_timeline(session, instance.id, node_names)
     summary = _rows(session, [instance])[0]
-    diagram = {"bpmn": version.files.get(model.bpmn_file or "", ""), "progress": progress.as_dict()}
-    response = page("audit_instance.html", instance=instance, summary=summary, version=version, timeline=timeline,
-                    kinds=sorted({row.kind for row in timeline}), diagram=diagram, csrf=login.csrf)
-    response.headers["Content-Security-Policy"] = PAGE_SCRIPTS
-    return response
+    shown = progress.as_dict()
+    for node in shown["completed"]:
+        node["duration"] = human_seconds(node["seconds"]) if node["seconds"] else ""
+    diagram = {"bpmn": version.files.get(model.bpmn_file or "", ""), "progress": shown}
+    return page("audit_instance.html", scripts=True, instance=instance, summary=summary, version=version,
+                timeline=timeline, kinds=sorted({row.kind for row in timeline}), diagram=diagram, csrf=login.csrf)
 
 
 @blp.get("/audit/processes/<key>/<int:version>")
@@ -139,19 +126,9 @@ def version_stats(session: Session, user: User, login: Login, key: str, version:
     heat = {"bpmn": found.files.get(found.bpmn_file, ""),
             "nodes": {n.node_id: {"tokens": n.tokens, "instances": n.instances, "waiting": n.waiting}
                       for n in stats.nodes.values()}, "flows": stats.flows}
-    response = page("audit_stats.html", version=found, stats=stats, nodes=nodes, heat=heat, csrf=login.csrf,
-                    versions=list_versions(session, found.process_key), seconds=human_seconds)
-    response.headers["Content-Security-Policy"] = PAGE_SCRIPTS
-    return response
+    return page("audit_stats.html", scripts=True, version=found, stats=stats, nodes=nodes, heat=heat,
+                csrf=login.csrf, versions=list_versions(session, found.process_key), seconds=human_seconds)
 
-
-def human_seconds(seconds: float | None) -> str:
-    if seconds is None:
-        return "—"
-    for limit, unit, size in ((60, "秒", 1), (3600, "分钟", 60), (86400, "小时", 3600)):
-        if seconds < limit:
-            return f"{seconds / size:.0f} {unit}" if size == 1 else f"{seconds / size:.1f} {unit}"
-    return f"{seconds / 86400:.1f} 天"
 
 
 def _rows(session: Session, instances: list[Instance]) -> list[dict]:

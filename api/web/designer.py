@@ -10,19 +10,14 @@ the API only accepts it from, designers and admins.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from functools import wraps
-
 from flask import Response
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from api.web import blp
-from api.web.audit import PAGE_SCRIPTS
 from api.web.pages import error_page, page
 from api.web.summary import local_time, names
-from api.web.views import Login, logged_in
-from engine.db import transaction
+from api.web.views import Login, with_user
 from engine.errors import FinflowError
 from engine.models import Instance, ProcessVersion, User
 from engine.services import deployments
@@ -30,18 +25,8 @@ from engine.services import deployments
 DESIGN_ROLES = frozenset(deployments.DESIGNER_ROLES)
 
 
-def signed_in(view: Callable[..., Response]) -> Callable[..., Response]:
-    @logged_in
-    @wraps(view)
-    def wrapper(login: Login, **kwargs) -> Response:
-        with transaction(readonly=True) as session:
-            return view(session, session.get(User, login.user_id), login, **kwargs)
-
-    return wrapper
-
-
 @blp.get("/designer")
-@signed_in
+@with_user()
 def designer_home(session: Session, user: User, login: Login) -> Response:
     running = dict(session.execute(select(Instance.version_id, func.count()).where(Instance.status == "running")
                                    .group_by(Instance.version_id)).all())
@@ -58,7 +43,7 @@ def designer_home(session: Session, user: User, login: Login) -> Response:
 
 
 @blp.get("/designer/<key>/<int:version>")
-@signed_in
+@with_user()
 def designer_edit(session: Session, user: User, login: Login, key: str, version: int) -> Response:
     try:
         found = deployments.get_version(session, key[:64], version)
@@ -70,7 +55,5 @@ def designer_edit(session: Session, user: User, login: Login, key: str, version:
     editor = {"key": found.process_key, "version": found.version, "bpmn_file": found.bpmn_file,
               "files": found.files, "previous": previous.files.get(previous.bpmn_file) if previous else None,
               "previous_version": previous.version if previous else None}
-    response = page("designer_edit.html", version=found, editor=editor, csrf=login.csrf,
-                    can_deploy=bool(user.role_ids & DESIGN_ROLES))
-    response.headers["Content-Security-Policy"] = PAGE_SCRIPTS
-    return response
+    return page("designer_edit.html", scripts=True, version=found, editor=editor, csrf=login.csrf,
+                can_deploy=bool(user.role_ids & DESIGN_ROLES))

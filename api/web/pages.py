@@ -15,12 +15,18 @@ DEFAULT_NEXT = "/m/"
 PAGE_PREFIXES = ("/m/", "/designer", "/audit")  # where a login may send the browser back to
 
 
-def page(template: str, http_status: int = 200, **context) -> Response:
-    """A rendered page, never cached (it shows someone's tasks) and never framed."""
+PLAIN_PAGE = "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'"
+SCRIPTED_PAGE = ("default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+                 "font-src 'self' data:; connect-src 'self'; form-action 'self'")  # the diagram pages (bpmn-js)
+
+
+def page(template: str, http_status: int = 200, *, scripts: bool = False, **context) -> Response:
+    """A rendered page, never cached (it shows someone's tasks) and never framed; `scripts`: it loads our
+    own scripts and the diagram packages (same origin only), else it runs no script at all."""
     response = Response(render_template(template, **context), status=http_status, mimetype="text/html")
     response.headers["Cache-Control"] = "no-store"
     response.headers["X-Frame-Options"] = "DENY"
-    response.headers["Content-Security-Policy"] = "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'"
+    response.headers["Content-Security-Policy"] = SCRIPTED_PAGE if scripts else PLAIN_PAGE
     return response
 
 

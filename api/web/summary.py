@@ -70,6 +70,16 @@ def names(session: Session, ids: set[str]) -> dict[str, str]:
     return {user_id: name for user_id, name in session.execute(select(User.id, User.name).where(User.id.in_(ids)))}
 
 
+def human_seconds(seconds: float | None) -> str:
+    """A time spent as a reader says it: 45 秒, 12.5 分钟, 3.2 小时, 1.5 天 (— when unknown)."""
+    if seconds is None:
+        return "—"
+    for limit, unit, size in ((60, "秒", 1), (3600, "分钟", 60), (86400, "小时", 3600)):
+        if seconds < limit:
+            return f"{seconds / size:.0f} {unit}" if size == 1 else f"{seconds / size:.1f} {unit}"
+    return f"{seconds / 86400:.1f} 天"
+
+
 def local_time(moment: datetime | None, seconds: bool = False) -> str:
     return moment.astimezone(CHINA).strftime("%Y-%m-%d %H:%M:%S" if seconds else "%Y-%m-%d %H:%M") if moment else ""
 

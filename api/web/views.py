@@ -53,6 +53,25 @@ def logged_in(view: Callable[..., Response]) -> Callable[..., Response]:
     return wrapper
 
 
+def with_user(roles: frozenset[str] | None = None, refusal: str = "") -> Callable:
+    """`logged_in`, then the user read in a read-only transaction the view runs in: view(session, user,
+    login, …). With `roles`, a user holding none of them gets a 403 page saying `refusal`."""
+
+    def decorate(view: Callable[..., Response]) -> Callable[..., Response]:
+        @logged_in
+        @wraps(view)
+        def wrapper(login: Login, **kwargs) -> Response:
+            with transaction(readonly=True) as session:
+                user = session.get(User, login.user_id)
+                if roles is not None and not user.role_ids & roles:
+                    return error_page("无权访问", refusal, 403)
+                return view(session, user, login, **kwargs)
+
+        return wrapper
+
+    return decorate
+
+
 @blp.get("/m/")
 @logged_in
 def my_tasks(login: Login) -> Response:

@@ -16,7 +16,6 @@ reported as done.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import threading
 import time
@@ -31,6 +30,7 @@ from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue
 from rq.job import Job, JobStatus
+from rq.utils import import_attribute
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
@@ -164,8 +164,7 @@ def run_job_once(queue_name: str, func: str, flag: str, *args: Any, db_url: str 
 def run_coalesced(flag: str, func: str, *args: Any) -> Any:
     """The job run_job_once queues: clear the flag, then run `func`."""
     connection(redis_url()).delete(flag)
-    module, _, name = func.rpartition(".")
-    return getattr(importlib.import_module(module), name)(*args)
+    return import_attribute(func)(*args)
 
 
 def run_jobs(queue_name: str, func: str, calls: Sequence[tuple[str, tuple]], db_url: str | None = None) -> None:

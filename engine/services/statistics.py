@@ -12,6 +12,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from engine import clock
+from engine.db import is_postgres
 from engine.models import HistoryEvent, Instance, Task
 from engine.runner.model import ProcessModel
 
@@ -64,7 +65,7 @@ def version_statistics(session: Session, version_id: int, model: ProcessModel) -
 def _seconds_between(session: Session, start, end):
     """`end - start` in seconds, computed by the database (converting 10,000s of timestamps to Python
     datetimes and back is most of what reading them costs)."""
-    if session.get_bind().dialect.name == "postgresql":
+    if is_postgres(session):
         return func.extract("epoch", end - start)
     return (func.julianday(end) - func.julianday(start)) * 86400.0
 

@@ -1,16 +1,9 @@
 // The auditor's instance diagram: bpmn-js (NavigatedViewer, from node_modules) with the instance's path
-// coloured from the server's progress (engine/services/progress.py) and each node's time spent.
+// coloured from the server's progress (engine/services/progress.py) and each node's time spent
+// (formatted by the server, as on the statistics page).
 (function () {
   const data = JSON.parse(document.getElementById("ff-diagram").textContent);
   const container = document.getElementById("diagram");
-
-  function duration(seconds) {
-    if (seconds === null || seconds === undefined) return "";
-    if (seconds < 60) return Math.round(seconds) + " 秒";
-    if (seconds < 3600) return Math.round(seconds / 60) + " 分钟";
-    if (seconds < 86400) return (seconds / 3600).toFixed(1) + " 小时";
-    return (seconds / 86400).toFixed(1) + " 天";
-  }
 
   async function show() {
     const viewer = new BpmnJS({ container: container });
@@ -36,9 +29,9 @@
       canvas.addMarker(element.id, marker);
     });
     data.progress.completed.forEach((node) => {
-      if (!registry.get(node.node_id) || !node.seconds) return;
+      if (!registry.get(node.node_id) || !node.duration) return;
       overlays.add(node.node_id, { position: { bottom: 0, right: 0 },
-        html: '<span class="ff-duration">' + duration(node.seconds) + "</span>" });
+        html: '<span class="ff-duration">' + node.duration + "</span>" });
     });
     canvas.zoom("fit-viewport");
     document.body.dataset.diagram = "ready";
