@@ -44,9 +44,9 @@ def deploy(session, user, actor):
 def validate(session, user):
     """Run the deploy's validation on the files (multipart field `files`) and store nothing: the
     designer's 校验 button. 200 with the processes found and the warnings, or the deploy's 422."""
-    result = deployments.validate(_uploaded_files())
-    return {"processes": [{"process_key": r.version.process_key, "name": r.version.name} for r in result],
-            "warnings": [{"file": w.file, "message": w.message} for w in result.warnings]}
+    bundle = deployments.validate(_uploaded_files())
+    return {"processes": [{"process_key": m.key, "name": m.name} for m in bundle.models],
+            "warnings": [{"file": w.file, "message": w.message} for w in bundle.warnings]}
 
 
 def _uploaded_files() -> dict[str, str]:

@@ -14,7 +14,7 @@ from engine.errors import DeploymentInvalid, Forbidden, NotFound
 from engine.history import Actor
 from engine.models import ProcessDefinition, ProcessVersion, User
 from engine.runner.execution import utcnow
-from engine.runner.model import DeployWarning, ProcessModel, model_for_version, parse_bundle
+from engine.runner.model import DeployWarning, ParsedBundle, ProcessModel, model_for_version, parse_bundle
 
 DESIGNER_ROLES = {"designer", "admin"}
 
@@ -64,12 +64,10 @@ def deploy(session: Session, files: dict[str, str], actor: Actor) -> DeployResul
     return DeployResult(results, bundle.warnings)
 
 
-def validate(files: dict[str, str]) -> DeployResult:
+def validate(files: dict[str, str]) -> ParsedBundle:
     """What deploy would say of these files, storing nothing: raises DeploymentInvalid (naming file,
-    element and line) or returns the processes found (as unsaved versions) and the warnings."""
-    bundle = parse_bundle(_by_basename(files))
-    return DeployResult([Deployed(ProcessVersion(process_key=m.key, name=m.name, bpmn_file=m.bpmn_file), created=False)
-                         for m in bundle.models], bundle.warnings)
+    element and line) or returns the parsed processes and the warnings."""
+    return parse_bundle(_by_basename(files))
 
 
 def _by_basename(files: dict[str, str]) -> dict[str, str]:

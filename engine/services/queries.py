@@ -39,11 +39,16 @@ def _sees_all(viewer: User) -> bool:
     return bool(viewer.role_ids & WIDE_SCOPE_ROLES)
 
 
+def _asked(user_id: str):
+    """The instance has a task `user_id` was a candidate for (asked to act on it)."""
+    return exists().where(Task.instance_id == Instance.id, TaskCandidate.task_id == Task.id,
+                          TaskCandidate.user_id == user_id)
+
+
 def scope_instances(stmt: Select, viewer: User) -> Select:
     if _sees_all(viewer):
         return stmt
-    involved = exists().where(Task.instance_id == Instance.id, TaskCandidate.task_id == Task.id,
-                              TaskCandidate.user_id == viewer.id)
+    involved = _asked(viewer.id)
     copied = exists().where(InstanceCc.instance_id == Instance.id, InstanceCc.user_id == viewer.id)
     return stmt.where((Instance.starter_id == viewer.id) | involved | copied)
 
@@ -58,16 +63,9 @@ def get_instance(session: Session, viewer: User, instance_id: str) -> Instance:
     return instance
 
 
-def search_instances(session: Session, viewer: User, *, process_key: str | None = None,
-                     status: str | None = None, business_key: str | None = None, starter: str | None = None,
-                     started_from: datetime | None = None, started_to: datetime | None = None,
-                     approver: str | None = None, amount_min: Decimal | None = None,
-                     amount_max: Decimal | None = None, page: int = 1, per_page: int = 20) -> Page:
-    """Instances the viewer may see, newest first; `approver`: someone who was asked to act on it."""
-    stmt = instance_filter(process_key=process_key, status=status, business_key=business_key, starter=starter,
-                           started_from=started_from, started_to=started_to, approver=approver,
-                           amount_min=amount_min, amount_max=amount_max)
-    stmt = scope_instances(stmt, viewer)
+def search_instances(session: Session, viewer: User, *, page: int = 1, per_page: int = 20, **criteria: Any) -> Page:
+    """Instances the viewer may see matching `criteria` (instance_filter's), newest first, a page of them."""
+    stmt = scope_instances(instance_filter(**criteria), viewer)
     return _paginate(session, stmt.order_by(Instance.started_at.desc(), Instance.id), page, per_page)
 
 
@@ -90,8 +88,7 @@ def instance_filter(*, process_key: str | None = None, status: str | None = None
     if amount_max is not None:
         stmt = stmt.where(Instance.amount <= amount_max)
     if approver is not None:
-        stmt = stmt.where(exists().where(Task.instance_id == Instance.id, TaskCandidate.task_id == Task.id,
-                                         TaskCandidate.user_id == approver))
+        stmt = stmt.where(_asked(approver))
     return stmt
 
 
