@@ -101,6 +101,8 @@ def test_only_auditors_and_admins_open_the_pages(app, logins, instances):
         assert employee.get(path).status_code == 403
     assert logged_in(app, "zhangwei").get("/audit").status_code == 200
     assert app.test_client().get("/audit").status_code == 302  # not logged in: to the login
+    away = app.test_client().get("/audit?process_key=payment&status=running")
+    assert away.headers["Location"] == "/login?next=/audit%3Fprocess_key%3Dpayment%26status%3Drunning"  # whole
     assert logged_in(app, AUDITOR).get("/audit/instances/nope").status_code == 404
 
 

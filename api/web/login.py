@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import hmac
 import secrets
-from urllib.parse import quote
 
 from flask import Response, redirect, request
 
 from adapters.wecom.config import configured as wecom_configured
 from api.web import blp
-from api.web.pages import SESSION_COOKIE, current_login, error_page, page, safe_next, set_session_cookie
+from api.web.pages import SESSION_COOKIE, current_login, error_page, next_query, page, safe_next, set_session_cookie
 from engine.db import transaction
 from engine.services import passwords, sessions
 
@@ -62,7 +61,7 @@ def log_out() -> Response:
 
 def _form(next_url: str, error: str | None = None, status: int = 200, login: str = "") -> Response:
     token = secrets.token_urlsafe(24)
-    wecom = f"/wecom/oauth/start?next={quote(next_url, safe='/?=&')}" if wecom_configured() else None
+    wecom = f"/wecom/oauth/start?{next_query(next_url)}" if wecom_configured() else None
     response = page("login.html", status, next_url=next_url, error=error, login=login, form_token=token,
                     wecom_login=wecom)
     response.set_cookie(FORM_COOKIE, token, max_age=1800, httponly=True, samesite="Strict",

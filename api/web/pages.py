@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from flask import Response, render_template, request
 from sqlalchemy.orm import Session
@@ -49,6 +49,11 @@ def safe_next(value: str | None) -> str:
             or value.startswith("//")):
         return DEFAULT_NEXT
     return value
+
+
+def next_query(path: str) -> str:
+    """`next=<path>` for a login URL, the path's own query encoded too, so it comes back whole."""
+    return "next=" + quote(path, safe="/")
 
 
 def set_session_cookie(response: Response, cookie: str, secure: bool) -> None:

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from adapters.wecom.config import configured as wecom_configured
 from api.web import blp
-from api.web.pages import current_login, error_page, page
+from api.web.pages import current_login, error_page, next_query, page
 from api.web.summary import facts, item_lists, local_time, names, status_text, timeline
 from engine.db import transaction
 from engine.errors import FinflowError
@@ -192,7 +192,7 @@ def _login_first() -> Response:
     """Inside WeCom (its browser says `wxwork`) with WeCom configured: OAuth2, no password typed; else the
     password login. Either comes back to this page."""
     configured = wecom_configured()
-    back = quote(request.full_path.rstrip("?") if request.query_string else request.path, safe="/?=&")
+    back = next_query(request.full_path.rstrip("?") if request.query_string else request.path)
     if configured and "wxwork" in (request.headers.get("User-Agent") or "").lower():
-        return redirect(f"/wecom/oauth/start?next={back}", code=302)
-    return redirect(f"/login?next={back}", code=302)
+        return redirect(f"/wecom/oauth/start?{back}", code=302)
+    return redirect(f"/login?{back}", code=302)

@@ -394,7 +394,7 @@ class InstanceRun:
         if node is None:
             return
         kind, payload = "node.completed", {"name": node.name, "kind": node.kind}
-        if node.kind in ("exclusiveGateway", "inclusiveGateway"):
+        if node.chooses_flows:
             kind = "gateway.decision"
             payload["taken"] = self._taken_flows(task, node)
         elif node.kind == "businessRuleTask":

@@ -40,6 +40,11 @@ class NodeInfo:
     properties: dict[str, str] = field(default_factory=dict)
 
     @property
+    def chooses_flows(self) -> bool:
+        """A gateway whose decision picks outgoing flows (recorded as `gateway.decision` with `taken`)."""
+        return self.kind in ("exclusiveGateway", "inclusiveGateway")
+
+    @property
     def assignment(self) -> str | None:
         return self.properties.get("finflow.assignee")
 

@@ -17,8 +17,8 @@ from sqlalchemy.orm import Session
 from engine.models import HistoryEvent, Instance, Task
 from engine.runner.model import ProcessModel
 
-LEAVING = frozenset({"node.completed", "gateway.decision", "dmn.decision", "service.completed", "task.completed",
-                     "timer.fired"})
+ENGINE_STEPS = frozenset({"node.completed", "gateway.decision", "dmn.decision", "service.completed"})  # the runner's
+LEAVING = ENGINE_STEPS | {"task.completed", "timer.fired"}
 OPEN_TASKS = ("ready", "waiting")
 
 

@@ -15,6 +15,7 @@ from engine import clock
 from engine.db import is_postgres
 from engine.models import HistoryEvent, Instance, Task
 from engine.runner.model import ProcessModel
+from engine.services.progress import ENGINE_STEPS
 
 OPEN = ("ready", "waiting")
 
@@ -113,8 +114,7 @@ def _gateway_flows(session: Session, version_id: int) -> dict[str, int]:
 
 def _history_figures(session: Session, in_version, stats: VersionStats, model: ProcessModel,
                      version_id: int) -> None:
-    passing = HistoryEvent.type.in_(("node.completed", "gateway.decision", "dmn.decision", "service.completed",
-                                     "task.created"))
+    passing = HistoryEvent.type.in_(sorted(ENGINE_STEPS | {"task.created"}))  # one per pass through a node
     # per (node, instance) first, then per node: a hash aggregate, where count(DISTINCT) would sort
     visits = (select(HistoryEvent.node_id, func.count().filter(passing).label("passes"))
               .where(HistoryEvent.instance_id.in_(in_version), HistoryEvent.node_id.is_not(None))
@@ -125,7 +125,7 @@ def _history_figures(session: Session, in_version, stats: VersionStats, model: P
         if node_id in stats.nodes:
             stats.nodes[node_id].instances, stats.nodes[node_id].tokens = instances, int(tokens or 0)
     chosen = _gateway_flows(session, version_id)
-    gateways = {n for n, node in model.nodes.items() if node.kind in ("exclusiveGateway", "inclusiveGateway")}
+    gateways = {n for n, node in model.nodes.items() if node.chooses_flows}
     for (source, _target), flow in model.flows.items():
         source_stats = stats.nodes.get(source)
         taken = chosen.get(flow.id, 0) if source in gateways else (source_stats.tokens if source_stats else 0)
