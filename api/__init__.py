@@ -34,9 +34,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     api = openapi.setup(app)
     paths.register_in_spec(api)
 
-    from api.routes import admin, budgets, definitions, deliveries, events, health, instances, notifications, tasks
+    from api.routes import admin, budgets, definitions, deliveries, events, health, instances, notifications, oa, tasks
 
-    for module in (health, definitions, instances, tasks, notifications, budgets, admin, events, deliveries):
+    for module in (health, definitions, instances, tasks, notifications, budgets, admin, events, deliveries, oa):
         api.register_blueprint(module.blp, url_prefix=openapi.PREFIX)
     for blueprint in adapters.blueprints():  # WeCom callback/OAuth2 and the approver page (/m/…)
         app.register_blueprint(blueprint)

@@ -144,9 +144,28 @@ class InstanceSchema(Schema):
     ended_at = fields.DateTime(allow_none=True)
 
 
+class OATwinSchema(Schema):
+    request_id = fields.String(allow_none=True, metadata={"description": "the OA request (E9 requestid)"})
+    workflow_id = fields.String()
+    node = fields.String(allow_none=True, metadata={"description": "OA's current node, as OA last said"})
+    node_name = fields.String(allow_none=True)
+    oa_state = fields.String(allow_none=True, metadata={"description": "open | archived | withdrawn"})
+    expected_node = fields.String(allow_none=True, metadata={"description": "where finflow's open tasks map"})
+    sync_state = fields.String(metadata={"description": "pending | synced | retrying | mismatch | failed | closed"})
+    last_error = fields.String(allow_none=True)
+    synced_at = fields.DateTime(allow_none=True)
+    open_submissions = fields.Integer(metadata={"description": "calls on the twin not (yet) made"})
+
+
+class IntegrationsSchema(Schema):
+    oa = fields.Nested(OATwinSchema, allow_none=True)
+
+
 class InstanceDetailSchema(InstanceSchema):
     data = fields.Dict()
     current_tasks = fields.List(fields.Nested(TaskSchema))
+    integrations = fields.Nested(IntegrationsSchema, metadata={"description": "the instance's twins in other "
+                                                                              "systems (OA)"})
 
 
 class InstancePageSchema(Schema):

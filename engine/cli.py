@@ -192,17 +192,20 @@ def up(ctx: click.Context, then_serve: bool) -> None:
                        ("/audit", "审计 (auditors: fengli)"), ("/login", "login")):
         click.echo(f"  {base}{path}  {what}")
     if then_serve:
-        _start_wecom_simulator()
+        _start_simulators()
         ctx.invoke(serve)
 
 
-def _start_wecom_simulator() -> None:
-    """Without a real WeCom corp configured, the demo gets a simulated one (adapters/wecom/simulator)."""
-    from adapters.wecom.simulator.cli import start_for_demo
+def _start_simulators() -> None:
+    """Without a real WeCom corp or OA configured, the demo gets simulated ones (adapters/*/simulator)."""
+    from adapters.oa.simulator.cli import start_for_demo as start_oa
+    from adapters.wecom.simulator.cli import start_for_demo as start_wecom
 
-    sim = start_for_demo(int(os.environ.get("FINFLOW_PORT", "8000")))
-    if sim is not None:
-        click.echo(f"WeCom simulator: {sim.url}/ (每个演示用户的企业微信消息：卡片、催办、结果)")
+    port = int(os.environ.get("FINFLOW_PORT", "8000"))
+    if (wecom := start_wecom(port)) is not None:
+        click.echo(f"WeCom simulator: {wecom.url}/ (每个演示用户的企业微信消息：卡片、催办、结果)")
+    if (oa := start_oa(port)) is not None:
+        click.echo(f"E9 (OA) simulator: {oa.url}/ (OA 请求及其当前节点；可在“OA 中”审批，finflow 随之流转)")
 
 
 DEMO_PASSWORD = "finflow-demo"

@@ -146,3 +146,13 @@ def database_url(session: Session) -> str | None:
 
 def is_postgres(session: Session) -> bool:
     return session.get_bind().dialect.name == "postgresql"
+
+
+def insert_ignoring_duplicates(connection: Any, table: Any, unique_columns: list[str]) -> Any:
+    """INSERT that does nothing when a row with the same `unique_columns` exists (ON CONFLICT DO NOTHING):
+    how a callback stored once by its identity stays once when the sender retries it concurrently."""
+    if connection.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+    return dialect_insert(table).on_conflict_do_nothing(index_elements=unique_columns)

@@ -14,6 +14,10 @@ Two kinds of subscription:
   prepare a batch; `send(message)` runs with no transaction open, so a slow receiver never holds a lock
   an approval needs. External rows of one instance are delivered in sequence order (engine/outbox/stream).
 
+`on_dead`, when given, is called as `on_dead(session, message, error)` in the transaction that marks one of
+the subscription's rows dead, so a channel can record what it could not do (an integration incident on the
+instance) exactly when delivery is given up.
+
 `targets`, when given, fans one event out to several destinations of the same subscription (one outbox
 row each), e.g. the webhooks and exchanges configured in the database: `targets(session, process_key,
 event_type) -> list[str]`, called in the command's transaction.
@@ -37,6 +41,7 @@ class Subscription:
     handler: Callable[..., Any]  # handler(session, message) -> None; must be idempotent per message id
     targets: Callable[..., list[str]] | None = None  # targets(session, process_key, event_type) -> ids
     external: bool = False  # handler is connect(session, target, messages) -> send | Hold (see above)
+    on_dead: Callable[..., Any] | None = None  # on_dead(session, message, error) when a row is given up
 
     def matches(self, event_type: str) -> bool:
         return ALL in self.event_types or event_type in self.event_types
@@ -47,10 +52,11 @@ _PERIODIC: dict[str, Callable[[str | None], object]] = {}
 
 
 def subscribe(name: str, event_types: set[str] | frozenset[str], queue: str, handler: Callable[..., Any], *,
-              targets: Callable[..., list[str]] | None = None, external: bool = False) -> Subscription:
+              targets: Callable[..., list[str]] | None = None, external: bool = False,
+              on_dead: Callable[..., Any] | None = None) -> Subscription:
     if queue not in QUEUES:
         raise ValueError(f"unknown queue {queue!r}; use one of {QUEUES}")
-    subscription = Subscription(name, frozenset(event_types), queue, handler, targets, external)
+    subscription = Subscription(name, frozenset(event_types), queue, handler, targets, external, on_dead)
     _SUBSCRIPTIONS[name] = subscription
     return subscription
 

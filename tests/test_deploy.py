@@ -16,6 +16,7 @@ def files(**overrides: str | None) -> dict[str, str]:
                "reimbursement_routing.dmn": (PROCESSES / "reimbursement_routing.dmn").read_text(encoding="utf-8")}
     for form in ("reimbursement_apply", "reimbursement_revise", "approval", "payment_confirm"):
         shipped[f"{form}.json"] = (PROCESSES / "forms" / f"{form}.json").read_text(encoding="utf-8")
+    shipped["reimbursement.oa.json"] = (PROCESSES / "oa" / "reimbursement.oa.json").read_text(encoding="utf-8")
     for name, text in overrides.items():
         name = name.replace("__", ".")
         if text is None:

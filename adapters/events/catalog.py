@@ -50,6 +50,8 @@ EVENT_TYPES: dict[str, str] = {
     "budget.warning": "a budget line passed its warning ratio (reservations included)",
     "budget.consumed": "an approved request spent what it had reserved on a budget line",
     "budget.released": "a request that ended without approval gave back what it had reserved",
+    "integration.incident": "a channel could not keep its twin in step (an OA submission given up, a decision "
+                            "taken on both sides): `channel`, `kind`, `message`",
 }
 _PATTERN = re.compile(r"^[a-z_*]+(\.[a-z_*]+)*$")
 

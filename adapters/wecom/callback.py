@@ -23,15 +23,13 @@ from datetime import timedelta
 
 from flask import Blueprint, Response, abort, request
 from redis.exceptions import RedisError
-from sqlalchemy import Connection, insert, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import select, update
 
 from adapters.wecom.config import WeComConfig
 from adapters.wecom.crypto import MAX_BODY, CallbackRejected, MsgCrypt, fields
 from adapters.wecom.models import WeComCallback
 from engine import clock
-from engine.db import get_engine, transaction
+from engine.db import get_engine, insert_ignoring_duplicates, transaction
 from engine.outbox import dispatch
 
 log = logging.getLogger("finflow.wecom.callback")
@@ -120,18 +118,9 @@ def _store(event: dict[str, str], client_ip: str | None, database_url: str | Non
               "payload": {**event, "_client_ip": client_ip},
               "status": "received", "attempts": 0, "received_at": clock.now()}
     with get_engine(database_url).begin() as connection:
-        statement = _insert_ignoring_duplicates(connection).values(**values).returning(WeComCallback.id)
+        statement = insert_ignoring_duplicates(connection, WeComCallback.__table__, ["dedupe_key"]).values(
+            **values).returning(WeComCallback.id)
         return connection.execute(statement).scalar() is not None
-
-
-def _insert_ignoring_duplicates(connection: Connection):
-    table = WeComCallback.__table__
-    dialect = connection.dialect.name
-    if dialect == "postgresql":
-        return pg_insert(table).on_conflict_do_nothing(index_elements=["dedupe_key"])
-    if dialect == "sqlite":
-        return sqlite_insert(table).on_conflict_do_nothing(index_elements=["dedupe_key"])
-    return insert(table)
 
 
 def wake(database_url: str | None = None) -> bool:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import adapters
 from api.context import authenticated, command
 from api.openapi import errors
 from api.parsing import Blueprint
@@ -24,7 +25,8 @@ blp = Blueprint("instances", __name__, description="Start, search, withdraw and 
 def instance_detail(session, instance) -> dict:
     """The instance with its open tasks, for InstanceDetailSchema."""
     view = {name: getattr(instance, name) for name in InstanceSchema().fields}
-    return {**view, "data": instance.data, "current_tasks": queries.current_tasks(session, instance.id)}
+    return {**view, "data": instance.data, "current_tasks": queries.current_tasks(session, instance.id),
+            "integrations": adapters.integrations(session, instance.id)}
 
 
 @blp.route("/instances", methods=["POST"])

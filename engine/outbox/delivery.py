@@ -104,6 +104,9 @@ def record_failure(session: Session, row: OutboxMessage, error: str, now: dateti
         row.status = "dead"
         log.error("outbox: row %s (%s) is dead after %d attempt(s): %s", row.id, where, row.attempts,
                   error.splitlines()[0])
+        subscription = events.subscription(row.subscription)
+        if subscription is not None and subscription.on_dead is not None:
+            subscription.on_dead(session, message(row), error)
         return None
     delay = policy.backoff(row.attempts)
     if retry_after is not None:

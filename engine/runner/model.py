@@ -20,6 +20,7 @@ from SpiffWorkflow.bpmn.parser.BpmnParser import BpmnValidator
 from SpiffWorkflow.dmn.parser.BpmnDmnParser import SCHEMAS as DMN_SCHEMAS
 from SpiffWorkflow.spiff.parser.process import SpiffBpmnParser
 
+from engine import channels
 from engine.errors import DeploymentInvalid
 from engine.runner import checks
 from engine.runner.checks import BPMN_NS, NS
@@ -120,6 +121,7 @@ class ProcessModel:
     flows: dict[tuple[str, str], FlowInfo] = field(default_factory=dict)  # (source, target) -> flow
     version_id: int | None = None
     bpmn_file: str | None = None  # the file that defines the process (called processes may be in others)
+    mappings: dict[str, dict[str, Any]] = field(default_factory=dict)  # channel -> its mapping (engine.channels)
 
     def form(self, key: str | None) -> dict[str, Any]:
         return self.forms.get(key or "", EMPTY_FORM)
@@ -208,7 +210,9 @@ class _Bundle:
         self.roots = {n: _read(n, functools.partial(parse_xml, t, n))
                       for n, t in files.items() if n.endswith((".bpmn", ".dmn"))}
         self.forms = {_form_key(n): _read(n, functools.partial(_load_form, n, t, strict))
-                      for n, t in files.items() if n.endswith(".json")}
+                      for n, t in files.items() if n.endswith(".json") and channels.parse_name(n) is None}
+        self.mappings = {n: _read(n, functools.partial(_load_mapping, n, t))
+                         for n, t in files.items() if channels.parse_name(n) is not None}
         self.parser = SpiffBpmnParser(validator=BpmnValidator(), dmn_schemas=_dmn_schemas())
         self.decisions: dict[str, str] = {}  # decision id -> .dmn file
         self.processes: dict[str, _Process] = {}
@@ -273,7 +277,24 @@ class _Bundle:
                              subprocess_specs=subprocess_specs, nodes=nodes, forms={},
                              start_form=start_forms[0] if start_forms else None, flows=flows, bpmn_file=top.file)
         model.forms = {k: self.forms[k] for k in _form_keys(model) if k in self.forms}
+        model.mappings = self._mappings_of(model)
         return model, self._files_needed(model, parts)
+
+    def _mappings_of(self, model: ProcessModel) -> dict[str, dict[str, Any]]:
+        """The process's channel mappings, each checked by its channel's adapter on a deploy."""
+        found = {}
+        for name, mapping in self.mappings.items():
+            key, channel = channels.parse_name(name)
+            if key != model.key:
+                continue
+            check = channels.checker(channel)
+            if self.strict:
+                if check is None:
+                    raise checks.problem(f"no adapter maps channel '{channel}' (known: "
+                                         f"{', '.join(channels.known()) or 'none'})", name)
+                mapping = check(name, mapping, model)
+            found[channel] = mapping
+        return found
 
     def _check(self, part: _Process) -> None:
         if not part.checked:
@@ -284,7 +305,9 @@ class _Bundle:
     def _files_needed(self, model: ProcessModel, parts: list[_Process]) -> dict[str, str]:
         names = [p.file for p in parts]
         names += [self.decisions[d] for d in _decisions_used(model) if d in self.decisions]
-        names += [n for n in self.files if n.endswith(".json") and _form_key(n) in model.forms]
+        names += [n for n in self.files if n.endswith(".json") and channels.parse_name(n) is None
+                  and _form_key(n) in model.forms]
+        names += [n for n in self.mappings if channels.parse_name(n)[0] == model.key]
         return {n: self.files[n] for n in dict.fromkeys(names)}
 
     def warnings(self, models: list[ProcessModel]) -> list[DeployWarning]:
@@ -294,7 +317,12 @@ class _Bundle:
         found = [DeployWarning(f, f"decision '{d}' is not used by any process; not deployed")
                  for d, f in self.decisions.items() if d not in decisions]
         found += [DeployWarning(n, f"form '{_form_key(n)}' is not used by any process; not deployed")
-                  for n in self.files if n.endswith(".json") and _form_key(n) not in forms]
+                  for n in self.files if n.endswith(".json") and channels.parse_name(n) is None
+                  and _form_key(n) not in forms]
+        deployed = {m.key for m in models}
+        found += [DeployWarning(n, f"mapping for process '{channels.parse_name(n)[0]}', which is not deployed "
+                                   "with it; not deployed") for n in self.mappings
+                  if channels.parse_name(n)[0] not in deployed]
         found += [DeployWarning(p.file, f"process '{p.key}' is not executable (isExecutable=\"false\"); "
                                         "not deployed") for p in self.processes.values() if not p.executable]
         return sorted(found, key=lambda w: (w.file, w.message))
@@ -391,6 +419,17 @@ def _load_form(filename: str, text: str, strict: bool = True) -> dict[str, Any]:
     if strict:
         checks.check_form_refs(filename, schema)
     return schema
+
+
+def _load_mapping(filename: str, text: str) -> dict[str, Any]:
+    try:
+        mapping = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DeploymentInvalid(f"{filename} is not valid JSON: {exc.msg}",
+                                {"file": filename, "line": exc.lineno}) from exc
+    if not isinstance(mapping, dict):
+        raise DeploymentInvalid(f"{filename}: a channel mapping must be a JSON object", {"file": filename})
+    return mapping
 
 
 def _decisions_used(model: ProcessModel) -> set[str]:

@@ -147,3 +147,14 @@ def _terminate(session: Session, actor: Actor, instance: Instance, status: str, 
 def _business_key(process_key: str, instance_id: str, now) -> str:
     prefix = BUSINESS_KEY_PREFIX.get(process_key, process_key[:4].upper())
     return f"{prefix}-{now:%Y%m%d}-{instance_id[:6].upper()}"
+
+
+def record_integration_incident(session: Session, actor: Actor, instance_id: str, channel: str, kind: str,
+                                message: str, details: dict[str, Any] | None = None) -> None:
+    """History of something a channel could not keep in step (an OA submission given up, a decision taken
+    on both sides): `integration.incident` with channel, kind and message, in order with the instance's other
+    events and offered to subscribers like them. The instance itself does not change."""
+    instance = lock_instance(session, instance_id)
+    payload = {"channel": channel, "kind": kind, "message": message[:1000], **(details or {})}
+    run_command(session, instance, model_for(session, instance.version_id), actor,
+                lambda run: run.history.record("integration.incident", payload))
