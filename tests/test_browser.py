@@ -211,6 +211,32 @@ def test_designer_edits_a_decision_table_in_dmn_js(browser, site):
     assert "&gt; 50001" in deployed and "&gt; 50000<" not in deployed
 
 
+def test_designer_edits_the_oa_mapping_next_to_the_diagram(browser, site):
+    with transaction() as session:
+        passwords.set_password(session, "luyao", PASSWORD)
+    page = log_in(browser, site, "luyao", "/designer/reimbursement/1", viewport={"width": 1440, "height": 900})
+    page.wait_for_selector("body[data-modeler=ready]")
+    page.select_option("#file", "reimbursement.oa.json")
+    text = page.input_value("#mapping-text")
+    assert '"manager_approval": "1011"' in text
+    page.fill("#mapping-text", text.replace('"manager_approval": "1011"', '"manager_aproval": "1011"'))
+    page.click("#validate")
+    page.wait_for_selector("#status:not(:text('校验中'))")
+    page.wait_for_timeout(300)
+    assert "no user task 'manager_aproval'" in page.text_content("#status"), page.text_content("#status")
+    page.fill("#mapping-text", text.replace('"manager_approval": "1011"', '"manager_approval": "1111"'))
+    page.click("#validate")
+    page.wait_for_selector("#status:not(:text('校验中'))")
+    page.wait_for_timeout(300)
+    assert page.text_content("#status").startswith("校验通过"), page.text_content("#status")
+    page.screenshot(path=ARTIFACTS / "designer-oa-mapping.png", full_page=True)
+    page.click("#deploy")
+    page.wait_for_selector("body[data-deployed]")
+    with transaction() as session:
+        deployed = get_version(session, "reimbursement", 2).files["reimbursement.oa.json"]
+    assert '"manager_approval": "1111"' in deployed
+
+
 REMINDER = """
     <bpmn:boundaryEvent id="remind_manager" name="催办提醒" attachedToRef="manager_approval" cancelActivity="false">
       <bpmn:outgoing>flow_remind_manager</bpmn:outgoing>

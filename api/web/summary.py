@@ -25,12 +25,13 @@ EVENTS = {"instance.started": "提交申请", "instance.completed": "流程结�
           "task.assigned": "待审批", "task.completed": "审批", "task.transferred": "转办", "task.delegated": "委派",
           "task.signers_added": "加签", "task.returned": "退回", "task.urged": "催办", "task.reminded": "提醒",
           "task.escalated": "升级", "task.activated": "轮到审批", "task.action_refused": "操作被拒绝",
-          "task.reassigned": "重新分配"}
+          "task.reassigned": "重新分配", "integration.incident": "集成异常"}
 ACTIONS = {"approve": "同意", "reject": "驳回", "submit": "提交"}
 ENGINE_EVENTS = {"task.created": "生成任务", "node.completed": "经过节点", "gateway.decision": "网关判断",
                  "dmn.decision": "决策表", "service.completed": "自动处理", "timer.fired": "定时触发"}
+# the auditor's timeline filter: an event type's first word -> its group
 KINDS = {"instance": "流程", "task": "审批", "node": "节点", "gateway": "节点", "dmn": "节点", "service": "节点",
-         "timer": "定时"}  # the auditor's timeline filter: an event type's first word -> its group
+         "timer": "定时", "integration": "流程"}
 
 
 @dataclass(frozen=True)
@@ -134,7 +135,7 @@ def device(user_agent: str | None) -> str | None:
 
 
 def _note(payload: dict[str, Any]) -> str | None:
-    return payload.get("comment") or payload.get("reason") or None
+    return payload.get("comment") or payload.get("reason") or payload.get("message") or None
 
 
 def _what(event: HistoryEvent) -> str:

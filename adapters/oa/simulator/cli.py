@@ -8,9 +8,10 @@ import threading
 from pathlib import Path
 
 import click
-from adapters.oa.simulator.server import OASimulator
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+
+from adapters.oa.simulator.server import OASimulator
 
 DEMO_SECRET = "demo-oa-callback-secret"
 

@@ -130,7 +130,8 @@ class OASimulator:
 
     # -- life cycle ---------------------------------------------------------------------------------
     def start(self) -> str:
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True, name="oa-simulator")
+        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        daemon=True, name="oa-simulator")  # a short poll: stop() is quick
         self._thread.start()
         return self.url
 

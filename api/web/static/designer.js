@@ -41,7 +41,6 @@
     ["finflow.allow_starter", "允许申请人审批自己的单据", "select", [["", "否"], ["true", "是"]]],
     ["card.title", "企业微信卡片标题模板", "text"],
     ["card.fields", "企业微信卡片显示字段（逗号分隔）", "text"],
-    ["oa.node", "OA 节点映射", "text"],
   ];
   const BOUNDARY_TIMER = [
     ["finflow.timeout_action", "超时处理（approve / reject / role:角色）", "text"],
@@ -150,15 +149,20 @@
     panel.appendChild(kind);
   }
 
-  // Decision tables (DMN) open in dmn-js, one modeler per file, created when first chosen.
-  const decisions = {};
+  // Decision tables (DMN) open in dmn-js, one modeler per file, created when first chosen; channel mappings
+  // (<process>.oa.json: OA workflow, fields, user task -> OA node) are edited as JSON text beside them.
+  const decisions = {}, mappingEdits = {};
   const fileChoice = document.getElementById("file"), dmnCanvas = document.getElementById("dmn-canvas");
+  const mappingText = document.getElementById("mapping-text");
+  mappingText.addEventListener("input", () => { mappingEdits[fileChoice.value] = mappingText.value; });
   fileChoice.addEventListener("change", async () => {
-    const name = fileChoice.value, isBpmn = name === editor.bpmn_file;
+    const name = fileChoice.value, isBpmn = name === editor.bpmn_file, isMapping = name.endsWith(".json");
     document.getElementById("canvas").hidden = !isBpmn;
     document.getElementById("properties").hidden = !isBpmn;
-    dmnCanvas.hidden = isBpmn;
+    dmnCanvas.hidden = isBpmn || isMapping;
+    mappingText.hidden = !isMapping;
     Object.entries(decisions).forEach(([file, entry]) => { entry.box.hidden = file !== name; });
+    if (isMapping) { mappingText.value = mappingEdits[name] ?? editor.files[name]; return; }
     if (isBpmn || decisions[name]) return;
     const box = document.createElement("div");
     box.className = "dmn-box";
@@ -182,6 +186,7 @@
     for (const [name, entry] of Object.entries(decisions)) {
       files[name] = (await entry.modeler.saveXML({ format: true })).xml;
     }
+    Object.assign(files, mappingEdits);
     const form = new FormData();
     Object.entries(files).forEach(([name, text]) => form.append("files", new Blob([text], { type: "text/plain" }), name));
     return { form: form, xml: xml };
