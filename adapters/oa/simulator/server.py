@@ -39,6 +39,8 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from werkzeug.serving import WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
+from adapters.simulators import FaultPlan
+
 OPEN, ARCHIVED, WITHDRAWN = "审批中", "已归档", "已收回"
 NODE_TYPES = {"create": "0", "approve": "1", "submit": "2", "archive": "3"}
 LOG_TYPES = {"0": "批准", "1": "保存", "2": "提交", "3": "退回", "x": "强制收回", "e": "强制归档"}
@@ -149,7 +151,7 @@ class OASimulator:
             self.tokens: dict[str, tuple[str, float]] = {}  # token → (appid, expires at)
             self._requests: dict[int, _Request] = {}
             self.calls: list[tuple[str, dict[str, Any], dict[str, str]]] = []
-            self.faults: list[dict[str, Any]] = []
+            self.faults = FaultPlan()
             self.callbacks: list[dict[str, Any]] = []  # every node Action call: payload and outcome
 
     # -- what tests and the demo read ---------------------------------------------------------------
@@ -212,29 +214,13 @@ class OASimulator:
     def fault(self, kind: str, times: int = 1, api: str | None = None) -> None:
         """The next `times` calls (to `api`, the last path segment, or any) fail as `kind`: http500, html,
         timeout, token_expired, param_error, no_permission, applied_timeout or down."""
-        with self.lock:
-            self.faults.append({"kind": kind, "times": times, "api": api, "until": None})
+        self.faults.add(kind, times, api)
 
     def fault_for(self, kind: str, seconds: float, api: str | None = None) -> None:
-        with self.lock:
-            self.faults.append({"kind": kind, "times": None, "api": api, "until": time.monotonic() + seconds})
+        self.faults.add_for(kind, seconds, api)
 
     def clear_faults(self) -> None:
-        with self.lock:
-            self.faults.clear()
-
-    def _take_fault(self, api: str) -> str | None:
-        with self.lock:
-            for fault in self.faults:
-                if fault["api"] not in (None, api):
-                    continue
-                if fault["until"] is not None:
-                    if time.monotonic() < fault["until"]:
-                        return fault["kind"]
-                elif fault["times"] > 0:
-                    fault["times"] -= 1
-                    return fault["kind"]
-        return None
+        self.faults.clear()
 
     def _faulty(self, kind: str, headers: dict[str, str]) -> Response | None:
         if kind == "http500":
@@ -546,7 +532,7 @@ class OASimulator:
         headers = {k.lower(): v for k, v in request.headers.items()}
         with self.lock:
             self.calls.append((api, dict(params), headers))
-        fault = self._take_fault(api)
+        fault = self.faults.take(api)
         if fault == "down":
             _drop(request.environ)
         if fault not in (None, "applied_timeout") and (faulty := self._faulty(fault, headers)) is not None:

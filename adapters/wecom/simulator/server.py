@@ -27,6 +27,7 @@ import httpx
 from werkzeug.serving import WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
+from adapters.simulators import FaultPlan
 from adapters.wecom.config import WeComConfig
 from adapters.wecom.crypto import MsgCrypt
 from adapters.wecom.simulator.org import subtree
@@ -108,7 +109,7 @@ class Simulator:
             self.inboxes: dict[str, list[dict[str, Any]]] = {}
             self.oauth_codes: dict[str, dict[str, Any]] = {}
             self.calls: list[tuple[str, dict[str, Any], Any]] = []
-            self.faults: list[dict[str, Any]] = []
+            self.faults = FaultPlan()
             self.sent_at: list[float] = []
             self.clock_offset = 0.0  # seconds added to the simulator's clock (expire codes without waiting)
 
@@ -156,29 +157,13 @@ class Simulator:
     def fault(self, kind: str, times: int = 1, api: str | None = None) -> None:
         """The next `times` calls (to `api`, or any) fail as `kind`: http500, timeout, token_expired,
         rate_limit, html or errcode:<n>."""
-        with self.lock:
-            self.faults.append({"kind": kind, "times": times, "api": api, "until": None})
+        self.faults.add(kind, times, api)
 
     def fault_for(self, kind: str, seconds: float, api: str | None = None) -> None:
-        with self.lock:
-            self.faults.append({"kind": kind, "times": None, "api": api, "until": time.monotonic() + seconds})
+        self.faults.add_for(kind, seconds, api)
 
     def clear_faults(self) -> None:
-        with self.lock:
-            self.faults.clear()
-
-    def _take_fault(self, api: str) -> str | None:
-        with self.lock:
-            for fault in self.faults:
-                if fault["api"] not in (None, api):
-                    continue
-                if fault["until"] is not None:
-                    if time.monotonic() < fault["until"]:
-                        return fault["kind"]
-                elif fault["times"] > 0:
-                    fault["times"] -= 1
-                    return fault["kind"]
-        return None
+        self.faults.clear()
 
     # -- callbacks to finflow -------------------------------------------------------------------------
     def click(self, userid: str, task_id: str, key: str, *, force: bool = False) -> httpx.Response:
@@ -280,7 +265,7 @@ class Simulator:
         params = request.args.to_dict()
         with self.lock:
             self.calls.append((api, params, body))
-        fault = self._take_fault(api)
+        fault = self.faults.take(api)
         if fault is not None and (faulty := self._faulty(fault)) is not None:
             return faulty
         if api == "gettoken":
