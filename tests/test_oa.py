@@ -251,14 +251,16 @@ def test_a_decision_taken_on_both_sides_is_a_conflict_not_a_second_decision(oa):
 
 
 # -- OA down, refusing, or an unlinked user ---------------------------------------------------------------
-def test_oa_down_for_a_while_never_blocks_approvers_and_syncs_once_it_is_back(oa):
+@pytest.mark.parametrize("fault, words", [("http500", "HTTP 500"), ("html", "HTTP 502"), ("down", "connection"),
+                                          ("timeout", "timeout")])
+def test_oa_down_for_a_while_never_blocks_approvers_and_syncs_once_it_is_back(oa, fault, words):
     instance_id = start("reimbursement", STARTER, claim(amount=8000, category="差旅"))
-    oa.sim.fault_for("http500", 3600)
+    oa.sim.fault_for(fault, 3600, api="submitRequest")
     act(instance_id, "manager_approval")
     act(instance_id, "director_approval")
     assert ready(instance_id)[0].node_id == "finance_review"  # approvers went on
     twin = oa.twin(instance_id)
-    assert twin.state == "retrying" and "HTTP 500" in twin.last_error
+    assert twin.state == "retrying" and words in twin.last_error, twin.last_error
     oa.sim.clear_faults()
     oa.retry_due()
     assert oa.node(instance_id) == "1014" and oa.twin(instance_id).state == "synced"

@@ -219,11 +219,11 @@ class WeaverClient:
         except httpx.TransportError as exc:
             raise OATransient("HTTP", f"connection failed: {type(exc).__name__}: {exc}", api) from exc
         if response.status_code >= 500 or response.status_code == 429:
-            raise OATransient("HTTP", f"HTTP {response.status_code}: {response.text[:200]!r}", api)
+            raise OATransient("HTTP", f"{response.status_code}: {response.text[:200]!r}", api)
         try:
             answer = response.json()
         except ValueError as exc:  # a login page or a gateway's HTML error
-            raise OATransient("HTTP", f"HTTP {response.status_code}, not JSON: {response.text[:200]!r}", api) from exc
+            raise OATransient("HTTP", f"{response.status_code}, not JSON: {response.text[:200]!r}", api) from exc
         if not isinstance(answer, dict):
             raise OAError("ANSWER", f"unexpected answer {str(answer)[:200]}", api)
         return answer
