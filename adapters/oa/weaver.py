@@ -54,6 +54,7 @@ class WeaverClient:
         self.timeout = httpx.Timeout(config.timeout, connect=min(5.0, config.timeout))
         self._key = f"finflow:oa:weaver:{config.base_url}:{config.appid}"
         self._private = serialization.load_pem_private_key(config.private_key_pem, password=None)
+        self._server_key: tuple[str, Any] | None = None  # (spk, its parsed public key)
 
     # -- the OASystem calls ---------------------------------------------------------------------------
     def create_request(self, user: str, request: NewRequest) -> str:
@@ -201,8 +202,9 @@ class WeaverClient:
 
     def _encrypt(self, text: str) -> str:
         spk = self._registration()[1]
-        key = serialization.load_der_public_key(base64.b64decode(spk))
-        return base64.b64encode(key.encrypt(text.encode(), padding.PKCS1v15())).decode()
+        if self._server_key is None or self._server_key[0] != spk:  # parsed once per server key, not per call
+            self._server_key = (spk, serialization.load_der_public_key(base64.b64decode(spk)))
+        return base64.b64encode(self._server_key[1].encrypt(text.encode(), padding.PKCS1v15())).decode()
 
     def _cached(self, name: str) -> str | None:
         value = self.redis.get(f"{self._key}:{name}")
