@@ -9,7 +9,7 @@ from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 import adapters
-from api import guards, openapi, paths
+from api import guards, openapi, paths, ratelimits, security_headers
 from api.errors import register_error_handlers
 from api.jsonio import FinflowJSONProvider
 
@@ -34,13 +34,30 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     api = openapi.setup(app)
     paths.register_in_spec(api)
 
-    from api.routes import admin, budgets, definitions, deliveries, events, health, instances, notifications, oa, tasks
+    from api.routes import (
+        admin,
+        budgets,
+        definitions,
+        deliveries,
+        events,
+        health,
+        instances,
+        notifications,
+        oa,
+        second_factor,
+        security,
+        tasks,
+        tokens,
+    )
 
-    for module in (health, definitions, instances, tasks, notifications, budgets, admin, events, deliveries, oa):
+    for module in (health, definitions, instances, tasks, notifications, budgets, admin, events, deliveries, oa,
+                   tokens, security, second_factor):
         api.register_blueprint(module.blp, url_prefix=openapi.PREFIX)
     for blueprint in adapters.blueprints():  # WeCom callback/OAuth2 and the approver page (/m/…)
         app.register_blueprint(blueprint)
     guards.register(app)
+    ratelimits.setup(app)  # after the blueprints: it limits their views (login, callbacks, urge)
+    security_headers.register(app)
     register_error_handlers(app)
     adapters.load_all()  # the API records events: their subscribers must be known here (see adapters/)
     return app

@@ -16,8 +16,8 @@ from engine.db import transaction
 from engine.errors import FinflowError, Forbidden, InvalidInput, Unauthorized
 from engine.history import Actor
 from engine.models import User
-from engine.services import idempotency, sessions
-from engine.services.auth import authenticate
+from engine.services import access, idempotency, queries, security_log, sessions
+from engine.services.auth import allows, authenticate_token
 
 MAX_KEY_LENGTH = 255
 IDEMPOTENCY_KEY_PATTERN = rf"^[\x20-\x7e]{{1,{MAX_KEY_LENGTH}}}$"  # printable ASCII: UUIDs, order numbers …
@@ -47,7 +47,13 @@ def caller(session) -> User:
     send the cookie, not read the token)."""
     token = bearer_token()
     if token is not None:
-        return authenticate(session, token)
+        user, row = authenticate_token(session, token)
+        needed = required_scope()
+        if not allows(row, needed):
+            raise Forbidden(f"访问令牌的权限范围不包括 {needed}",
+                            {"required_scope": needed, "token_scopes": row.scopes}, code="insufficient_scope")
+        g.finflow_token_id = row.id
+        return user
     found = sessions.resolve(session, request.cookies.get(sessions.COOKIE))
     if found is None:
         raise Unauthorized("未登录或登录已过期：请登录，或使用 Authorization: Bearer <token>")
@@ -59,6 +65,23 @@ def caller(session) -> User:
     return user
 
 
+WRITE_SCOPES = {"instances": "start", "tasks": "approve", "definitions": "design", "events": "admin",
+                "admin": "admin", "tokens": "account", "second_factor": "account"}
+ENDPOINT_SCOPES = {"instances.cancel": "admin", "tokens.list_all": "admin"}
+
+
+def required_scope() -> str:
+    """The token scope this request needs: reads need `read`, writes their blueprint's scope,
+    administration (`/admin/…`, event subscriptions) `admin` even to read."""
+    if request.endpoint in ENDPOINT_SCOPES:
+        return ENDPOINT_SCOPES[request.endpoint]
+    if request.blueprint == "events" or "/admin/" in request.path:
+        return "admin"
+    if request.method in SAFE_METHODS:
+        return "read"
+    return WRITE_SCOPES.get(request.blueprint or "", "admin")
+
+
 def request_actor(user: User) -> Actor:
     """Who acts, from where. The client address is the socket's, or what the configured number of
     trusted proxies forwarded (ProxyFix in create_app, FINFLOW_TRUSTED_PROXY_HOPS): a client-sent
@@ -66,6 +89,13 @@ def request_actor(user: User) -> Actor:
     return Actor(user_id=user.id, channel=g.get("finflow_channel", "api"),
                  client_ip=_printable(request.remote_addr, MAX_CLIENT_IP),
                  user_agent=_printable(request.headers.get("User-Agent"), MAX_USER_AGENT))
+
+
+def note_instance_access(user: User, instance_id: str, what: str) -> None:
+    """Views of instances by auditors (and administrators auditing) go to the security log; a user's own
+    or assigned instances are their work, not an audit, and are not logged."""
+    if access.may(user, "audit"):
+        security_log.record_access("instance.viewed", request_actor(user), "instance", instance_id, view=what)
 
 
 def _printable(value: str | None, limit: int) -> str | None:
@@ -140,6 +170,7 @@ def command(schema: type[Schema], status: int = 200) -> Callable[[Callable[..., 
                 previous = idempotency.replay(session, user.id, key, fingerprint)
                 if previous is not None:
                     return _replayed(previous)
+            _require_visible(session, user, kwargs)
             body = schema().dump(view(*args, session=session, user=user, actor=request_actor(user), **kwargs))
             if key is not None:
                 idempotency.remember(session, user.id, key, fingerprint, status, body)
@@ -148,6 +179,15 @@ def command(schema: type[Schema], status: int = 200) -> Callable[[Callable[..., 
         return response
 
     return decorate
+
+
+def _require_visible(session, user: User, path_args: dict[str, Any]) -> None:
+    """A command on an instance or task outside the caller's scope answers 404, as a read of it does
+    (queries.get_*): refusing with 403 would tell the caller the id exists."""
+    if "task_id" in path_args:
+        queries.get_task(session, user, path_args["task_id"])
+    elif "instance_id" in path_args:
+        queries.get_instance(session, user, path_args["instance_id"])
 
 
 def idempotency_key() -> str | None:

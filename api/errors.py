@@ -8,6 +8,7 @@ from flask import Flask, jsonify, request
 from sqlalchemy.orm.exc import StaleDataError
 from werkzeug.exceptions import HTTPException
 
+from engine.crypto import SecretKeyError
 from engine.errors import FinflowError, TooManyRequests
 
 log = logging.getLogger("finflow.api")
@@ -30,6 +31,11 @@ def register_error_handlers(app: Flask) -> None:
         if isinstance(exc, TooManyRequests):
             response.headers["Retry-After"] = str(exc.retry_after)
         return response
+
+    @app.errorhandler(SecretKeyError)
+    def _secret_key(exc: SecretKeyError):  # the server's key is wrong: say so, never cryptography's traceback
+        log.error("secret key: %s", exc)
+        return error_response(500, "secret_key_error", str(exc), {"setting": "FINFLOW_SECRET_KEY"})
 
     @app.errorhandler(StaleDataError)
     def _stale(exc):

@@ -7,10 +7,12 @@ still authenticate the token in their own transaction (api/context.py).
 
 from __future__ import annotations
 
-from flask import Flask, current_app, request
+from flask import Flask, Response, current_app, g, request
 
 from api.context import has_credentials
+from engine.db import transaction
 from engine.errors import Unauthorized
+from engine.services.auth import touch
 
 MAX_JSON_BYTES = 1024 * 1024  # any body but an upload; uploads have MAX_UPLOAD_BYTES (app config)
 
@@ -18,6 +20,16 @@ MAX_JSON_BYTES = 1024 * 1024  # any body but an upload; uploads have MAX_UPLOAD_
 def register(app: Flask) -> None:
     app.before_request(_limit_body)
     app.before_request(_require_token)
+    app.after_request(_note_token_use)
+
+
+def _note_token_use(response: Response) -> Response:
+    """Record the token's last use after the view's own transaction has ended (views hold at most one)."""
+    token_id = g.pop("finflow_token_id", None)
+    if token_id is not None:
+        with transaction() as session:
+            touch(session, token_id, request.remote_addr)
+    return response
 
 
 def _limit_body() -> None:

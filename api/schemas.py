@@ -137,7 +137,10 @@ class InstanceSchema(Schema):
     status = fields.String(metadata={"description": "running | completed | withdrawn | cancelled | failed"})
     outcome = fields.String(allow_none=True, metadata={"description": "approved | rejected when completed"})
     title = fields.String(allow_none=True)
-    amount = fields.Decimal(allow_none=True, as_string=True)
+    amount = fields.Decimal(allow_none=True, as_string=True,
+                            metadata={"description": "null when the caller may not see it (masked_fields)"})
+    masked_fields = fields.List(fields.String(), metadata={
+        "description": "x-sensitive fields shown masked (6222 **** **** 1234) to this caller"})
     error = fields.Dict(allow_none=True)
     started_at = fields.DateTime()
     updated_at = fields.DateTime()
@@ -225,6 +228,9 @@ class TaskPageSchema(Schema):
 class TaskDetailSchema(TaskSchema):
     form = fields.Dict(metadata={"description": "JSON Schema of the fields the approver sees and may fill"})
     instance = fields.Nested(InstanceDetailSchema)
+    requires_second_factor = fields.Boolean(metadata={
+        "description": "approving needs the caller's TOTP code in X-Finflow-OTP (the amount is above the "
+                       "threshold); changing a form field marked x-second-factor needs it too"})
 
 
 class CompleteTaskSchema(StrictSchema):

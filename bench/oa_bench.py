@@ -47,6 +47,7 @@ from adapters.oa.simulator import OASimulator  # noqa: E402
 from adapters.oa.simulator.cli import DEMO_SECRET, demo_env  # noqa: E402
 from adapters.oa.system import NewRequest, system  # noqa: E402
 from adapters.oa.users import oa_user_of, sync_links  # noqa: E402
+from engine.audit import chain  # noqa: E402
 from engine.db import get_engine, transaction  # noqa: E402
 from engine.finance.invoices import today as invoice_today  # noqa: E402
 from engine.history import Actor  # noqa: E402
@@ -442,18 +443,20 @@ def copy_instances(url: str, sim: OASimulator, config: OAConfig, seeds: list[str
                 _oa_copy, itertools.repeat(sim), itertools.repeat(config), [twins[s] for s in new_instance],
                 list(new_instance.values())), strict=True))
             t1 = time.perf_counter()
+            copied = [{**{k: v for k, v in e.items() if k != "id"}, "instance_id": new_instance[e["instance_id"]],
+                       "task_id": new_task.get(e["task_id"], e["task_id"])}
+                      for e in events if e["instance_id"] in new_instance]
+            heads = chain.link_instances(copied)  # a copy is a new instance: its own chain
             with engine.begin() as connection:
                 connection.execute(insert(Instance.__table__), [
-                    {**i, "id": new_instance[i["id"]], "business_key": None} for i in batch])
+                    {**i, "id": new_instance[i["id"]], "business_key": None,
+                     "chain_head": heads.get(new_instance[i["id"]])} for i in batch])
                 connection.execute(insert(Task.__table__), [
                     {**t, "id": new_task[t["id"]], "instance_id": new_instance[t["instance_id"]]}
                     for t in tasks if t["instance_id"] in new_instance])
                 connection.execute(insert(TaskCandidate.__table__), [
                     {**c, "task_id": new_task[c["task_id"]]} for c in candidates if c["task_id"] in new_task])
-                connection.execute(insert(HistoryEvent.__table__), [
-                    {**{k: v for k, v in e.items() if k != "id"}, "instance_id": new_instance[e["instance_id"]],
-                     "task_id": new_task.get(e["task_id"], e["task_id"])}
-                    for e in events if e["instance_id"] in new_instance])
+                connection.execute(insert(HistoryEvent.__table__), copied)
                 table = OutboxMessage.__table__
                 inserted = connection.execute(insert(table).returning(
                     table.c.id, table.c.instance_id, table.c.event_seq, table.c.subscription, table.c.target), [

@@ -32,6 +32,7 @@ import common  # noqa: E402
 from sqlalchemy import insert, select, text  # noqa: E402
 
 import adapters  # noqa: E402  (every model, so the schema is dropped whole)
+from engine.audit import chain  # noqa: E402
 from engine.db import get_engine, transaction  # noqa: E402
 from engine.history import Actor  # noqa: E402
 from engine.models import HistoryEvent, Instance, Task, TaskCandidate  # noqa: E402
@@ -109,18 +110,20 @@ def copy_instances(url: str, seeds: list[str], total: int) -> None:
         batch = min(len(seeds), copies - made)
         new_instance = {i["id"]: str(uuid.uuid4()) for i in instances[:batch]}
         new_task = {t["id"]: str(uuid.uuid4()) for t in tasks if t["instance_id"] in new_instance}
+        copied = [{**{k: v for k, v in e.items() if k != "id"}, "instance_id": new_instance[e["instance_id"]],
+                   "task_id": new_task.get(e["task_id"], e["task_id"])}
+                  for e in events if e["instance_id"] in new_instance]
+        heads = chain.link_instances(copied)  # a copy is a new instance: its own chain
         with engine.begin() as connection:
             connection.execute(insert(Instance.__table__), [
-                {**i, "id": new_instance[i["id"]], "business_key": None} for i in instances[:batch]])
+                {**i, "id": new_instance[i["id"]], "business_key": None, "chain_head": heads.get(new_instance[i["id"]])}
+                for i in instances[:batch]])
             connection.execute(insert(Task.__table__), [
                 {**t, "id": new_task[t["id"]], "instance_id": new_instance[t["instance_id"]]}
                 for t in tasks if t["instance_id"] in new_instance])
             connection.execute(insert(TaskCandidate.__table__), [
                 {**c, "task_id": new_task[c["task_id"]]} for c in candidates if c["task_id"] in new_task])
-            connection.execute(insert(HistoryEvent.__table__), [
-                {**{k: v for k, v in e.items() if k != "id"}, "instance_id": new_instance[e["instance_id"]],
-                 "task_id": new_task.get(e["task_id"], e["task_id"])}
-                for e in events if e["instance_id"] in new_instance])
+            connection.execute(insert(HistoryEvent.__table__), copied)
         made += batch
 
 
@@ -130,11 +133,13 @@ def grow_history(instance_id: str, events: int) -> str:
         instance = session.get(Instance, instance_id)
         task = session.scalars(select(Task).where(Task.instance_id == instance_id)).first()
         existing = instance.last_seq
-        for seq in range(existing + 1, events + 1):
-            session.add(HistoryEvent(instance_id=instance_id, seq=seq, type="task.urged", at=instance.started_at,
-                                     actor_id="suxiaoyun", channel="web", client_ip="10.0.0.2",
-                                     user_agent="Mozilla/5.0 (iPhone) wxwork/4.1", task_id=task.id,
-                                     node_id=task.node_id, payload={"comment": f"催办 {seq}"}))
+        rows = [dict(instance_id=instance_id, seq=seq, type="task.urged", at=instance.started_at,
+                     actor_id="suxiaoyun", channel="web", client_ip="10.0.0.2",
+                     user_agent="Mozilla/5.0 (iPhone) wxwork/4.1", task_id=task.id,
+                     node_id=task.node_id, payload={"comment": f"催办 {seq}"})
+                for seq in range(existing + 1, events + 1)]
+        instance.chain_head = chain.link(instance.chain_head, rows)  # appended rows continue the chain
+        session.add_all(HistoryEvent(**row) for row in rows)
         instance.last_seq = max(existing, events)
     return instance_id
 

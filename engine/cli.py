@@ -8,11 +8,15 @@ from pathlib import Path
 
 import click
 
+from engine.audit.cli import audit
 from engine.budget_cli import budget
+from engine.crypto import SecretKeyError
 from engine.db import transaction
 from engine.errors import FinflowError
 from engine.history import Actor
 from engine.outbox.models import STATUSES as OUTBOX_STATUSES
+from engine.secrets_cli import secrets_group
+from engine.user_cli import user_group
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PROCESSES = ROOT / "processes"
@@ -20,7 +24,8 @@ CLI_ACTOR = Actor(user_id=None, channel="cli")
 
 
 class FinflowGroup(click.Group):
-    """Print engine errors as one clear line and exit 1 instead of a traceback."""
+    """Print engine errors, and keys that do not open what is stored, as one clear line and exit 1 instead
+    of a traceback."""
 
     def invoke(self, ctx):
         try:
@@ -29,6 +34,9 @@ class FinflowGroup(click.Group):
             click.echo(f"error: {exc.message}", err=True)
             for key, value in exc.details.items():
                 click.echo(f"  {key}: {value}", err=True)
+            sys.exit(1)
+        except SecretKeyError as exc:
+            click.echo(f"error: {exc}", err=True)
             sys.exit(1)
 
 
@@ -115,16 +123,49 @@ def create_user(user_id: str, name: str, department: str, manager: str | None, r
     click.echo(f"user {user_id} saved")
 
 
-@main.command()
+@main.group()
+def token() -> None:
+    """API tokens: issue, list, revoke (scoped, expiring; stored as SHA-256)."""
+
+
+@token.command("create")
 @click.argument("user_ids", nargs=-1, required=True)
 @click.option("--label", default="cli")
-def token(user_ids: tuple[str, ...], label: str) -> None:
-    """Issue an API token for each user and print `user token` lines (shown once, stored hashed)."""
+@click.option("--scope", "scopes", multiple=True, help="repeatable: read, start, approve, design, admin, account")
+@click.option("--expires-in-days", type=click.IntRange(1, 730), default=None, help="default FINFLOW_TOKEN_DAYS or 90")
+def token_create(user_ids: tuple[str, ...], label: str, scopes: tuple[str, ...], expires_in_days: int | None) -> None:
+    """Issue a token for each user and print `user token` lines (shown once, stored hashed)."""
     from engine.services.auth import issue_token
 
     with transaction() as session:
         for user_id in user_ids:
-            click.echo(f"{user_id} {issue_token(session, user_id, label)}")
+            secret = issue_token(session, user_id, label, scopes=list(scopes), expires_in_days=expires_in_days)
+            click.echo(f"{user_id} {secret}")
+
+
+@token.command("list")
+@click.argument("user_id")
+def token_list(user_id: str) -> None:
+    """A user's tokens: id, status, scopes, expiry, last use (never the secrets)."""
+    from engine.services.auth import list_tokens
+
+    with transaction(readonly=True) as session:
+        for t in list_tokens(session, user_id):
+            used = f"{t.last_used_at:%Y-%m-%d %H:%M} from {t.last_used_ip}" if t.last_used_at else "never used"
+            click.echo(f"{t.id}  {t.status:<7}  {','.join(t.scopes):<20}  expires {t.expires_at:%Y-%m-%d}  {used}"
+                       f"  {t.label}")
+
+
+@token.command("revoke")
+@click.argument("token_ids", nargs=-1, required=True, type=int)
+def token_revoke(token_ids: tuple[int, ...]) -> None:
+    """Revoke tokens by id at once (`finflow token list USER` shows the ids)."""
+    from engine.services.auth import revoke
+
+    with transaction() as session:
+        for token_id in token_ids:
+            revoke(session, Actor(None, "cli"), token_id)
+            click.echo(f"token {token_id} revoked")
 
 
 @main.command()
@@ -216,7 +257,7 @@ def _demo_users() -> list[str]:
 
     from engine.org.directory import DEMO_ORG
 
-    return [u["id"] for u in json.loads(DEMO_ORG.read_text(encoding="utf-8"))["users"]]
+    return [u["id"] for u in json.loads(DEMO_ORG.read_text(encoding="utf-8"))["users"] if u.get("active", True)]
 
 
 def _demo_passwords(password: str) -> int:
@@ -344,5 +385,8 @@ def _adapter_commands() -> list[click.Command]:
 
 
 main.add_command(budget)
+main.add_command(audit)
+main.add_command(secrets_group)
+main.add_command(user_group)
 for _command in _adapter_commands():
     main.add_command(_command)

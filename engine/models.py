@@ -100,11 +100,23 @@ class User(Base):
     email: Mapped[str | None] = mapped_column(String(128))
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     password_hash: Mapped[str | None] = mapped_column(String(255))  # argon2id; None: no password login
+    totp_secret: Mapped[str | None] = mapped_column(String(255))  # sealed (engine.crypto, "totp"); None: no TOTP
+    totp_confirmed_at: Mapped[datetime | None] = mapped_column(UtcDateTime)  # None: enrolment not confirmed
+    totp_last_step: Mapped[int | None] = mapped_column(BigInteger)  # last accepted timestep: a code works once
     roles: Mapped[list[UserRole]] = relationship(cascade="all, delete-orphan")  # loaded when asked for
 
     @property
     def role_ids(self) -> set[str]:
         return {r.role_id for r in self.roles}
+
+
+class RoleScope(Base):
+    """How far a role sees: per process key ("*" for any), one of own, department, department_tree, all."""
+
+    __tablename__ = "role_scopes"
+    role_id: Mapped[str] = mapped_column(ForeignKey("roles.id"), primary_key=True)
+    process_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    scope: Mapped[str] = mapped_column(String(16))
 
 
 class UserRole(Base):
@@ -133,7 +145,19 @@ class ApiToken(Base):
     user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     label: Mapped[str] = mapped_column(String(128), default="")
+    scopes: Mapped[list[str]] = mapped_column(JSON, default=list)  # operations allowed; ["*"]: all the roles allow
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    last_used_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    last_used_ip: Mapped[str | None] = mapped_column(String(64))
+    revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    revoked_by: Mapped[str | None] = mapped_column(String(64))
+
+    @property
+    def status(self) -> str:
+        if self.revoked_at is not None:
+            return "revoked"
+        return "expired" if self.expires_at is not None and self.expires_at <= clock.now() else "active"
 
 
 class ProcessDefinition(Base):
@@ -175,6 +199,7 @@ class Instance(Base):
     version_id: Mapped[int] = mapped_column(ForeignKey("process_versions.id"))
     business_key: Mapped[str | None] = mapped_column(String(128), index=True)
     starter_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)
+    department_id: Mapped[str | None] = mapped_column(String(64), index=True)  # the starter's, when started
     status: Mapped[str] = mapped_column(String(16))  # running | completed | withdrawn | cancelled | failed
     outcome: Mapped[str | None] = mapped_column(String(16))  # approved | rejected
     title: Mapped[str | None] = mapped_column(String(255))
@@ -187,6 +212,8 @@ class Instance(Base):
     started_at: Mapped[datetime] = mapped_column(UtcDateTime)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
     ended_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    chain_head: Mapped[str | None] = mapped_column(String(64))  # hash of the last history event (engine.audit)
+    archived_at: Mapped[datetime | None] = mapped_column(UtcDateTime)  # history moved to history_archive
 
     __mapper_args__ = {"version_id_col": lock_version}
 
@@ -241,14 +268,9 @@ class TaskCandidate(Base):
     user_id: Mapped[str] = mapped_column(String(64), primary_key=True, index=True)
 
 
-class HistoryEvent(Base):
-    """Append-only: nothing in finflow updates or deletes these rows."""
+class HistoryColumns:
+    """What one history event says, shared by the live table and its archive (the same row either way)."""
 
-    __tablename__ = "history_events"
-    __table_args__ = (UniqueConstraint("instance_id", "seq"),)
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    instance_id: Mapped[str] = mapped_column(ForeignKey("instances.id"))
-    seq: Mapped[int] = mapped_column(Integer)
     type: Mapped[str] = mapped_column(String(48))
     at: Mapped[datetime] = mapped_column(UtcDateTime)
     actor_id: Mapped[str | None] = mapped_column(String(64))
@@ -258,6 +280,43 @@ class HistoryEvent(Base):
     task_id: Mapped[str | None] = mapped_column(String(36))
     node_id: Mapped[str | None] = mapped_column(String(128))
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class HistoryEvent(HistoryColumns, Base):
+    """Append-only: nothing in finflow updates or deletes these rows (archiving moves them, see
+    HistoryArchive). `hash` chains each row to the previous one of its instance (engine.audit.chain)."""
+
+    __tablename__ = "history_events"
+    __table_args__ = (UniqueConstraint("instance_id", "seq"), Index("ix_history_events_at", "at"))
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    instance_id: Mapped[str] = mapped_column(ForeignKey("instances.id"))
+    seq: Mapped[int] = mapped_column(Integer)
+
+
+class HistoryArchive(HistoryColumns, Base):
+    """History of archived instances (engine.audit.archive), moved out of `history_events` row for row:
+    same columns and hashes, so the live table stays small and the chains and day anchors still verify.
+    (instance_id, seq) is the key, as it is unique in `history_events`; `id` keeps the live row's id but is
+    not a key here, since SQLite may hand a deleted row's id to a new live row."""
+
+    __tablename__ = "history_archive"
+    __table_args__ = (Index("ix_history_archive_at", "at"),)
+    id: Mapped[int] = mapped_column(Integer)
+    instance_id: Mapped[str] = mapped_column(ForeignKey("instances.id"), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+
+
+class AuditAnchor(Base):
+    """One day's digest (Asia/Shanghai days) over every history event hash of the day, chained to the
+    previous day's: catches a rewritten instance chain, and is small enough to copy off-site."""
+
+    __tablename__ = "audit_anchors"
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    events: Mapped[int] = mapped_column(Integer)
+    digest: Mapped[str] = mapped_column(String(64))
+    previous: Mapped[str] = mapped_column(String(64))
+    computed_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
 class Timer(Base):
@@ -415,3 +474,36 @@ class LoginAttempt(Base):
     succeeded: Mapped[bool] = mapped_column(Boolean)
     reason: Mapped[str | None] = mapped_column(String(32))  # wrong_password | unknown_user | inactive | limited
     at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class SecurityEvent(Base):
+    """The security log, append-only like history: who was granted or lost what, who viewed or exported
+    which instances, failed second factors. Not tied to one instance, so not in `history_events`."""
+
+    __tablename__ = "security_events"
+    __table_args__ = (Index("ix_security_events_kind_at", "kind", "at"),
+                      Index("ix_security_events_subject", "subject_type", "subject_id"))
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(48))  # token.issued, role.granted, instance.viewed, ...
+    at: Mapped[datetime] = mapped_column(UtcDateTime)
+    actor_id: Mapped[str | None] = mapped_column(String(64))
+    channel: Mapped[str | None] = mapped_column(String(16))
+    client_ip: Mapped[str | None] = mapped_column(String(64))
+    user_agent: Mapped[str | None] = mapped_column(String(255))
+    subject_type: Mapped[str | None] = mapped_column(String(32))  # user | token | role | instance | export
+    subject_id: Mapped[str | None] = mapped_column(String(128))
+    details: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class SecondFactorAttempt(Base):
+    """One TOTP code checked (engine.services.second_factor): what the rate limit counts. The security log
+    has the same attempts with their reasons; this table stays small and indexed for the count."""
+
+    __tablename__ = "second_factor_attempts"
+    __table_args__ = (Index("ix_second_factor_attempts_user_at", "user_id", "at"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"))
+    at: Mapped[datetime] = mapped_column(UtcDateTime)
+    succeeded: Mapped[bool] = mapped_column(Boolean)
+    purpose: Mapped[str] = mapped_column(String(32))  # approve | field_change | confirm | disable
+    client_ip: Mapped[str | None] = mapped_column(String(64))

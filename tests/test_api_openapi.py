@@ -93,7 +93,7 @@ def test_idempotency_key_is_a_header_of_every_command(spec):
     for path, method, operation in operations(spec):
         refs = {p.get("$ref") for p in operation.get("parameters", [])}
         has_key = "#/components/parameters/IdempotencyKey" in refs
-        mutation = method in ("post", "delete") and (method, path) not in CHECKS
+        mutation = method in ("post", "put", "delete") and (method, path) not in CHECKS
         assert has_key == mutation, (method, path)  # every mutation is a command
 
 

@@ -18,7 +18,7 @@ def test_init_is_idempotent_and_deploy_reports_unchanged():
 
 
 def test_token_authenticates_against_the_api(app):
-    result = run("token", "suxiaoyun")
+    result = run("token", "create", "suxiaoyun")
     assert result.exit_code == 0
     user, token = result.output.split()
     response = app.test_client().get("/api/v1/me", headers={"Authorization": f"Bearer {token}"})
@@ -29,7 +29,7 @@ def test_create_user_then_issue_token():
     result = run("create-user", "--id", "newbie", "--name", "新同事", "--department", "rd", "--manager", "lihua",
                  "--role", "designer")
     assert result.exit_code == 0
-    assert run("token", "newbie").exit_code == 0
+    assert run("token", "create", "newbie").exit_code == 0
 
 
 def test_demo_drives_every_scenario_to_completion():
@@ -39,7 +39,7 @@ def test_demo_drives_every_scenario_to_completion():
 
 
 def test_bad_arguments_are_clear_errors():
-    unknown_user = CliRunner().invoke(main, ["token", "ghost"])
+    unknown_user = CliRunner().invoke(main, ["token", "create", "ghost"])
     assert unknown_user.exit_code == 1 and "ghost" in unknown_user.output
     bad_dept = CliRunner().invoke(main, ["create-user", "--id", "x", "--name", "X", "--department", "nowhere"])
     assert bad_dept.exit_code == 1 and "nowhere" in bad_dept.output

@@ -263,7 +263,8 @@ def test_withdraw_only_before_first_approval_or_when_back_with_applicant(api, as
 
 def test_cc_lets_people_read_but_not_act(api, as_user):
     iid = api.start()
-    assert as_user("tangjie").get(f"/api/v1/instances/{iid}").status_code == 403
+    # outside their scope: as if it did not exist
+    assert as_user("tangjie").get(f"/api/v1/instances/{iid}").status_code == 404
     response = api.post("guoxin", f"/api/v1/instances/{iid}/cc", {"users": ["tangjie", "fengli"]})
     assert response.status_code == 200 and response.json["added"] == ["tangjie", "fengli"]
     assert as_user("tangjie").get(f"/api/v1/instances/{iid}").status_code == 200

@@ -1,10 +1,13 @@
 """The org model: demo company completeness, and inactive people never assigned and unable to act."""
 
+import pytest
 from sqlalchemy import func, select, update
 
 from engine.db import transaction
+from engine.errors import InvalidInput
 from engine.models import Department, User, UserRole
 from engine.org.directory import ROLES
+from engine.services.auth import issue_token
 from tests.helpers import claim, events, instance, ready, start
 
 
@@ -47,4 +50,5 @@ def test_inactive_user_cannot_act_even_with_a_token(as_user):
     deactivate("guoxin")
     response = client.post(f"/api/v1/tasks/{task['id']}/complete", json={"action": "approve"})
     assert response.status_code == 401 and "停用" in response.json["error"]["message"]
-    assert as_user("wulei").get("/api/v1/me").status_code == 401  # the demo company's leaver
+    with transaction() as session, pytest.raises(InvalidInput, match="已停用"):
+        issue_token(session, "wulei", "test")  # the demo company's leaver gets no token at all

@@ -11,7 +11,7 @@ from engine.db import Base
 from engine.models import Money
 
 TABLES = {"outbox", "notifications", "budgets", "budget_entries", "invoice_claims", "users", "login_attempts",
-          "instances"}
+          "instances", "history_events", "history_archive", "audit_anchors"}
 
 
 def _table_of(diff) -> str | None:

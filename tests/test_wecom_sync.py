@@ -19,7 +19,7 @@ from engine import clock
 from engine.db import transaction
 from engine.errors import Forbidden
 from engine.history import Actor
-from engine.models import Department, User, UserRole
+from engine.models import Department, SecurityEvent, User, UserRole
 from engine.services.auth import issue_token
 from engine.services.tasks import complete_task
 from tests.helpers import claim, events, ready, start
@@ -173,7 +173,10 @@ def test_disabled_users_api_token_stops_working(app, wecom, org):  # noqa: F811
     wecom.sim.set_org(org)
     sync.apply_change({"ChangeType": "update_user", "UserID": "suxiaoyun"})  # no details: user/get
     response = app.test_client().get("/api/v1/me", headers=headers)
-    assert response.status_code == 401 and response.json["error"]["message"] == "用户已停用"
+    assert response.status_code == 401 and response.json["error"]["code"] == "token_revoked"  # revoked at once
+    with transaction() as session:
+        assert session.scalars(select(SecurityEvent.kind).where(SecurityEvent.subject_id == "suxiaoyun")).all()[-2:] \
+            == ["token.revoked", "user.deactivated"]
 
 
 def test_incremental_users_and_parties(wecom):  # noqa: F811

@@ -25,6 +25,7 @@ from adapters.events.catalog import cloud_type
 from engine.models import ProcessVersion
 from engine.outbox.delivery import Message
 from engine.services.deployments import model_for
+from engine.services.disclosure import sensitive_fields
 
 CONTENT_TYPE = "application/json"
 # The action an event stands for when its payload names none (task.completed carries its own).
@@ -95,18 +96,6 @@ def _version(session: Session, version_id: int | None) -> _VersionFacts:
         sensitive = frozenset(name for form in model.forms.values() for name in sensitive_fields(form))
         cached = _FACTS[(version_id, digest)] = _VersionFacts(number, names, sensitive)
     return cached
-
-
-def sensitive_fields(schema: Any) -> set[str]:
-    """Names of the properties marked `x-sensitive: true`, at any depth of a JSON Schema."""
-    found: set[str] = set()
-    if isinstance(schema, dict):
-        for name, prop in (schema.get("properties") or {}).items():
-            if isinstance(prop, dict) and prop.get("x-sensitive") is True:
-                found.add(name)
-            found |= sensitive_fields(prop)
-        found |= sensitive_fields(schema.get("items"))
-    return found
 
 
 def _without(value: Any, hidden: frozenset[str]) -> Any:

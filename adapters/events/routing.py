@@ -52,7 +52,7 @@ def publisher_for(subscription: EventSubscription):
     """The publisher of a subscription's kind. A Kafka publisher would be a third class with the same
     `publish(event, routing_key)` method (see the README)."""
     if subscription.kind == "webhook":
-        return WebhookPublisher(subscription.url, subscription.secret or "")
+        return WebhookPublisher(subscription.url, subscription.sealed_secret or "")
     return RabbitMQPublisher(subscription.url, subscription.exchange or "")
 
 

@@ -4,7 +4,8 @@ who may do it (administrators).
 
 Creation is in two steps so nothing is half-created and no transaction waits on the network: `check`
 validates the body and connects to the destination (422 naming the field otherwise), then `create`
-writes the row. The webhook secret is returned by `create` only: it is never shown again.
+writes the row. The webhook secret is returned by `create` only: it is never shown again, and the row
+holds it sealed (engine.crypto).
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from adapters.events import SUBSCRIPTION, catalog, rabbitmq, webhook
-from adapters.events.models import KINDS, EventSubscription
-from engine import clock
+from adapters.events.models import KINDS, SECRET_PURPOSE, EventSubscription
+from engine import clock, crypto
 from engine.errors import Conflict, InvalidInput, NotFound
 from engine.models import ProcessDefinition
 from engine.outbox import admin as outbox_admin
@@ -65,8 +66,9 @@ def create(session: Session, spec: Spec, created_by: str | None) -> tuple[EventS
     """Write a checked subscription; returns it with the webhook secret (None for RabbitMQ)."""
     now = clock.now()
     secret = secrets.token_urlsafe(32) if spec.kind == "webhook" else None
+    sealed = crypto.seal(secret, SECRET_PURPOSE) if secret is not None else None  # only sealed in the row
     subscription = EventSubscription(id=str(uuid4()), name=spec.name, kind=spec.kind, url=spec.url,
-                                     exchange=spec.exchange, secret=secret, process_keys=spec.process_keys,
+                                     exchange=spec.exchange, sealed_secret=sealed, process_keys=spec.process_keys,
                                      event_types=spec.event_types, status="active", created_by=created_by,
                                      created_at=now, updated_at=now, version=1)
     session.add(subscription)

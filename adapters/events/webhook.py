@@ -25,7 +25,9 @@ import httpx
 from cloudevents.core.bindings import http as ce_http
 from cloudevents.core.v1.event import CloudEvent
 
+from adapters.events.models import SECRET_PURPOSE
 from adapters.events.urls import split
+from engine import crypto
 from engine.errors import InvalidInput
 from engine.outbox.stream import PermanentFailure, RetryLater
 
@@ -44,15 +46,20 @@ def sign(secret: str, timestamp: str, body: bytes) -> str:
 
 
 class WebhookPublisher:
-    def __init__(self, url: str, secret: str):
-        self.url, self.secret = url, secret
+    """Sends to one webhook. `sealed_secret` is the subscription's secret as stored: it is opened for each
+    send, so keys that do not open it fail that delivery with SecretKeyError (recorded on the row and
+    retried like any failure once the key is fixed), not the claim that prepared it."""
+
+    def __init__(self, url: str, sealed_secret: str):
+        self.url, self.sealed_secret = url, sealed_secret
 
     def publish(self, event: CloudEvent, routing_key: str) -> None:
+        secret = crypto.unseal(self.sealed_secret, SECRET_PURPOSE)
         message = ce_http.to_structured_event(event)
         timestamp = str(int(time.time()))
         headers = {**message.headers,  # content-type: application/cloudevents+json
                    "X-Finflow-Event-Id": event.get_id(), "X-Finflow-Timestamp": timestamp,
-                   "X-Finflow-Signature": sign(self.secret, timestamp, message.body),
+                   "X-Finflow-Signature": sign(secret, timestamp, message.body),
                    "User-Agent": "finflow-webhooks/1"}
         try:
             response = _client().post(self.url, content=message.body, headers=headers, timeout=timeouts())

@@ -4,8 +4,9 @@ Authentication, as E9 documents it: finflow registers once (`/api/ec/dev/auth/re
 `cpk` = finflow's RSA public key) and gets a `secret` and the server's public key `spk`; it then applies for a
 token (`/api/ec/dev/auth/applytoken`, the secret RSA-encrypted with spk) and sends `appid`, `token` and the
 RSA-encrypted OA `userid` it acts as on every call. RSA is PKCS#1 v1.5, keys base64 DER (what E9's Java side
-uses). The registration and the token are cached in Redis, shared by every API process and worker; when E9
-answers that the token is unknown or expired, it is dropped, renewed once and the call made again.
+uses). The registration and the token are cached in Redis, sealed (engine.crypto), shared by every API
+process and worker; when E9 answers that the token is unknown or expired, it is dropped, renewed once and
+the call made again.
 
 Business answers carry `code`: SUCCESS, or PARAM_ERROR / NO_PERMISSION (refused: `OAError`), or
 SYSTEM_INNER_ERROR (E9 itself failing: retried, `OATransient`, like timeouts, 5xx and HTML pages).
@@ -24,7 +25,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 from redis import Redis
 
-from adapters.oa.config import OAConfig
+from adapters.oa.config import PURPOSE, OAConfig
 from adapters.oa.system import (
     ARCHIVED,
     OPEN,
@@ -36,6 +37,7 @@ from adapters.oa.system import (
     OAUser,
     RequestStatus,
 )
+from engine import crypto
 
 log = logging.getLogger("finflow.oa")
 TOKEN_SECONDS = 1800
@@ -45,6 +47,7 @@ NODE_TYPES = {"0": "create", "1": "approve", "2": "submit", "3": "archive"}
 LOG_ACTIONS = {"0": "submit", "2": "submit", "3": "reject", "1": "save", "x": "withdraw", "e": "archive"}
 TRANSIENT_CODES = {"SYSTEM_INNER_ERROR"}
 PAGE_SIZE = 200
+CACHE_PREFIX = "finflow:oa:weaver:"  # + base URL and appid: the Redis keys of the cached credentials
 
 
 class WeaverClient:
@@ -52,7 +55,7 @@ class WeaverClient:
         self.config, self.redis = config, redis
         self.http = http or httpx.Client(follow_redirects=False)
         self.timeout = httpx.Timeout(config.timeout, connect=min(5.0, config.timeout))
-        self._key = f"finflow:oa:weaver:{config.base_url}:{config.appid}"
+        self._key = f"{CACHE_PREFIX}{config.base_url}:{config.appid}"
         self._private = serialization.load_pem_private_key(config.private_key_pem, password=None)
         self._server_key: tuple[str, Any] | None = None  # (spk, its parsed public key)
 
@@ -174,7 +177,7 @@ class WeaverClient:
                 answer = self._request("POST", "/api/ec/dev/auth/applytoken", "applytoken", {
                     "appid": self.config.appid, "secret": self._encrypt(secret), "time": str(TOKEN_SECONDS)})
                 if answer.get("token"):
-                    self.redis.set(self._key + ":token", answer["token"], ex=TOKEN_SECONDS - REFRESH_MARGIN)
+                    self._cache("token", answer["token"], ex=TOKEN_SECONDS - REFRESH_MARGIN)
                     return answer["token"]
                 if attempt == 1 and not (self.config.secret and self.config.spk):
                     log.info("oa: applytoken refused (%s); registering again", answer.get("msg"))
@@ -197,7 +200,7 @@ class WeaverClient:
         secret, spk = answer.get("secret") or answer.get("secrit"), answer.get("spk")
         if not secret or not spk:
             raise OAError("AUTH", f"regist refused: {answer.get('msg')}", "regist")
-        self.redis.set(self._key + ":registration", json.dumps({"secret": secret, "spk": spk}))
+        self._cache("registration", json.dumps({"secret": secret, "spk": spk}))
         return secret, spk
 
     def _encrypt(self, text: str) -> str:
@@ -206,9 +209,12 @@ class WeaverClient:
             self._server_key = (spk, serialization.load_der_public_key(base64.b64decode(spk)))
         return base64.b64encode(self._server_key[1].encrypt(text.encode(), padding.PKCS1v15())).decode()
 
+    def _cache(self, name: str, value: str, ex: int | None = None) -> None:
+        """Cached sealed (a copy of Redis is not a copy of E9's secret or of a live token)."""
+        self.redis.set(f"{self._key}:{name}", crypto.seal(value, PURPOSE), ex=ex)
+
     def _cached(self, name: str) -> str | None:
-        value = self.redis.get(f"{self._key}:{name}")
-        return value.decode() if isinstance(value, bytes) else value
+        return crypto.unseal_cached(self.redis.get(f"{self._key}:{name}"), PURPOSE)
 
     def _request(self, method: str, path: str, api: str, headers: dict[str, str], form: dict[str, str] | None = None,
                  params: dict[str, str] | None = None, json_body: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -247,3 +253,11 @@ def _reason(answer: dict[str, Any]) -> str:
     errors = answer.get("errMsg") or {}
     text = errors.get("msg") if isinstance(errors, dict) else errors
     return str(text or answer.get("msg") or answer.get("reqFailMsg") or answer)[:300]
+
+
+def drop_cached_credentials(redis: Redis) -> int:
+    """Forget every cached registration and token (`finflow secrets rotate`): they are fetched again and
+    sealed with the new key. Returns how many keys were dropped; the refresh locks are left alone."""
+    names = [k for pattern in (f"{CACHE_PREFIX}*:registration", f"{CACHE_PREFIX}*:token")
+             for k in redis.scan_iter(match=pattern)]
+    return int(redis.delete(*names)) if names else 0

@@ -1,9 +1,9 @@
 """The WeCom server API client: access token shared by every process, errcodes turned into exceptions.
 
 The access token is cached in Redis (the one every API process and worker shares; embedded mode uses
-the in-process one) until 5 minutes before `expires_in`. One process refreshes at a time: the others
-wait for the token it stores instead of all calling gettoken at once. A call answered 40014/42001 (token
-invalid/expired) drops that token, refreshes once and is made again.
+the in-process one), sealed (engine.crypto), until 5 minutes before `expires_in`. One process refreshes
+at a time: the others wait for the token it stores instead of all calling gettoken at once. A call
+answered 40014/42001 (token invalid/expired) drops that token, refreshes once and is made again.
 
 Errors: `Transient` (worth retrying: HTTP 5xx, timeouts, connection errors, a body that is not JSON,
 errcode -1 系统繁忙 or 45009 频率超限) and `WeComError` for everything else (bad secret, IP not allowed,
@@ -21,13 +21,15 @@ from urllib.parse import urlencode
 import httpx
 from redis import Redis
 
-from adapters.wecom.config import WeComConfig
+from adapters.wecom.config import PURPOSE, WeComConfig
+from engine import crypto
 
 log = logging.getLogger("finflow.wecom")
 TOKEN_EXPIRED = {40014, 42001}  # invalid / expired access_token: refresh once and retry
 TRANSIENT = {-1, 45009, 45033}  # 系统繁忙, api freq out of limit, concurrent call limit
 REFRESH_MARGIN = 300  # seconds before expires_in that a token is no longer handed out
 LOCK_SECONDS = 10
+TOKEN_PREFIX = "finflow:wecom:token:"  # + corp id and agent id: the Redis key of the cached access token
 _local = threading.local()
 
 
@@ -56,7 +58,7 @@ class WeComClient:
         self.config, self.redis = config, redis
         self.http = http or httpx.Client(follow_redirects=False)
         self.timeout = timeout or httpx.Timeout(10.0, connect=5.0)
-        self._token_key = f"finflow:wecom:token:{config.corp_id}:{config.agent_id}"
+        self._token_key = f"{TOKEN_PREFIX}{config.corp_id}:{config.agent_id}"
 
     # -- the API calls finflow makes -------------------------------------------------------------
     def send(self, message: dict[str, Any]) -> dict[str, Any]:
@@ -121,14 +123,13 @@ class WeComClient:
             answer = _checked(self._request("GET", "gettoken", {"corpid": self.config.corp_id,
                                                                 "corpsecret": self.config.secret}, None), "gettoken")
             token, expires_in = answer["access_token"], int(answer.get("expires_in", 7200))
-            self.redis.set(self._token_key, token, ex=max(1, expires_in - REFRESH_MARGIN))
+            self.redis.set(self._token_key, crypto.seal(token, PURPOSE), ex=max(1, expires_in - REFRESH_MARGIN))
             return token
         finally:
             lock.release()
 
     def _cached(self) -> str | None:
-        value = self.redis.get(self._token_key)
-        return value.decode() if isinstance(value, bytes) else value
+        return crypto.unseal_cached(self.redis.get(self._token_key), PURPOSE)
 
     def _request(self, method: str, api: str, params: dict[str, Any], json: dict[str, Any] | None) -> dict[str, Any]:
         url = f"{self.config.api_base}/cgi-bin/{api}"
@@ -159,6 +160,14 @@ def _checked(answer: dict[str, Any], api: str) -> dict[str, Any]:
     if errcode in TRANSIENT or errcode in TOKEN_EXPIRED:
         raise Transient(errcode, errmsg, api, after=10.0 if errcode == 45009 else None)
     raise WeComError(errcode, errmsg, api)
+
+
+def drop_cached_credentials(redis: Redis) -> int:
+    """Forget every cached access token (`finflow secrets rotate`): fetched again and sealed with the new
+    key. Returns how many were dropped; the refresh locks are left alone."""
+    names = [k for k in redis.scan_iter(match=f"{TOKEN_PREFIX}*")
+             if not (k.decode() if isinstance(k, bytes) else k).endswith(":lock")]
+    return int(redis.delete(*names)) if names else 0
 
 
 def client(config: WeComConfig) -> WeComClient:

@@ -12,6 +12,9 @@
 | FINFLOW_WECOM_ADMINS | finflow user ids told when an org sync fails (comma-separated) |
 | FINFLOW_WECOM_ORG_SYNC | `1`: WeCom is the source of truth for the org (nightly full sync, change_contact events) |
 | FINFLOW_WECOM_SYNC_HOUR | hour of the nightly full sync, Asia/Shanghai (default 2) |
+
+The Secret, Token and EncodingAESKey may be given sealed (`finflow secrets seal --for wecom`, opened with
+FINFLOW_SECRET_KEY) or, as before, plain; a sealed one that does not open is a bad variable (ValueError).
 """
 
 from __future__ import annotations
@@ -19,6 +22,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from engine import crypto
+
+PURPOSE = "wecom"  # what WeCom credentials are sealed for, configured or cached (engine.crypto)
 DEFAULT_API_BASE = "https://qyapi.weixin.qq.com"
 DEFAULT_OAUTH_BASE = "https://open.weixin.qq.com"
 
@@ -52,8 +58,10 @@ class WeComConfig:
             sync_hour = int(env("FINFLOW_WECOM_SYNC_HOUR", "2"))
         except ValueError as exc:
             raise ValueError(f"FINFLOW_WECOM_AGENT_ID and FINFLOW_WECOM_SYNC_HOUR must be integers: {exc}") from exc
-        return cls(corp_id=corp_id, agent_id=agent_id, secret=env("FINFLOW_WECOM_SECRET", ""),
-                   token=env("FINFLOW_WECOM_TOKEN", ""), aes_key=env("FINFLOW_WECOM_AES_KEY", ""),
+        opened = {name: crypto.setting(env(f"FINFLOW_WECOM_{name}", ""), PURPOSE, f"FINFLOW_WECOM_{name}") or ""
+                  for name in ("SECRET", "TOKEN", "AES_KEY")}  # each plain or sealed; SettingError: a ValueError
+        return cls(corp_id=corp_id, agent_id=agent_id, secret=opened["SECRET"], token=opened["TOKEN"],
+                   aes_key=opened["AES_KEY"],
                    api_base=env("FINFLOW_WECOM_API_BASE", DEFAULT_API_BASE).rstrip("/"),
                    oauth_base=env("FINFLOW_WECOM_OAUTH_BASE", DEFAULT_OAUTH_BASE).rstrip("/"),
                    public_url=env("FINFLOW_PUBLIC_URL", "http://127.0.0.1:8000").rstrip("/"),
@@ -72,7 +80,8 @@ class WeComConfig:
 
 
 def configured() -> bool:
-    """Whether a WeCom corp is configured (a half-done configuration counts as none here)."""
+    """Whether a WeCom corp is configured (a half-done configuration counts as none here, and so does one
+    whose sealed values do not open: crypto.SettingError is a ValueError)."""
     try:
         return WeComConfig.from_env() is not None
     except ValueError:

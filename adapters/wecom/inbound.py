@@ -5,7 +5,9 @@ the actor's channel "wecom". Nothing on the card is trusted alone: the card must
 TaskId, the button key must name that card's own task, and the clicker must be an active finflow user
 (id == WeCom userid) whom complete_task accepts. A refusal updates the clicker's card (无权处理, 已处理,
 已被他人处理, 已撤回) with the click's own ResponseCode, and a click by someone who may not act is recorded
-in the instance's history (`task.action_refused`).
+in the instance's history (`task.action_refused`). A click cannot carry a second factor: on a task that
+needs one (a large payment) it is refused the same way, the card says so and a link to the approver page
+(which asks for the code) is sent.
 
 A crash half-way leaves the callback row `queued` and its job failed; callback.requeue_stale hands it over
 again, and complete_task's checks make a second run a Conflict (已处理), never a second decision.
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from adapters.wecom import cards
 from adapters.wecom.client import WeComError, client
 from adapters.wecom.config import WeComConfig
 from adapters.wecom.deliveries import result_of
@@ -33,6 +36,8 @@ from engine.services.tasks import complete_task, record_refused_action
 log = logging.getLogger("finflow.wecom.inbound")
 ACTIONS = ("approve", "reject")
 NOT_ALLOWED = "无权处理"
+NEEDS_CODE = "需动态验证码，请在审批页处理"  # the card's button text: short, WeCom shows it in place of the buttons
+NEEDS_CODE_TEXT = "该审批需要动态验证码，请在审批页面完成"
 MAX_ATTEMPTS = 5
 PENDING = ("received", "queued")  # stored, not yet applied (see callback.py)
 
@@ -44,6 +49,7 @@ class Outcome:
     status: str  # applied | refused | failed
     result: str
     card_text: str | None = None
+    page_task_id: str | None = None  # also send the clicker a link to this task's approver page
 
 
 def apply(callback_id: int, database_url: str | None = None) -> str:
@@ -136,6 +142,9 @@ def _refused(session: Session, row: WeComCallback, refusal: FinflowError) -> Out
     event = row.payload
     action, _, task_id = event.get("EventKey", "").partition(":")
     user_id = event.get("FromUserName", "")
+    if isinstance(refusal, Forbidden) and refusal.code.startswith("second_factor_"):
+        refused = _refuse(session, task_id, user_id, action, f"{refusal.code}: {refusal}")
+        return Outcome("refused", refused.result, NEEDS_CODE, task_id)  # a card cannot carry a code: the page can
     if isinstance(refusal, Forbidden):
         return _refuse(session, task_id, user_id, action, f"forbidden: {refusal}")
     if isinstance(refusal, Conflict):
@@ -175,14 +184,27 @@ def _apply_contact_change(callback_id: int, event: dict[str, str], database_url:
 
 
 def _update_card(event: dict[str, str], outcome: Outcome, callback_id: int) -> None:
-    """Show a refused click's result on the clicker's card, with the click's own ResponseCode."""
-    code = event.get("ResponseCode")
-    if outcome.card_text is None or not code or not event.get("FromUserName"):
+    """Show a refused click's result on the clicker's card, with the click's own ResponseCode; when the task
+    needs the approver page (a second factor), also send the clicker a link to it."""
+    code, user_id = event.get("ResponseCode"), event.get("FromUserName")
+    if outcome.card_text is None or not user_id:
         return
     try:
         config = WeComConfig.from_env()
-        if config is not None:
-            client(config).update_card([event["FromUserName"]], code, outcome.card_text)
+        if config is not None and code:
+            client(config).update_card([user_id], code, outcome.card_text)
     except (WeComError, ValueError) as exc:
         log.warning("wecom callback %s: could not update the clicker's card to %s: %s", callback_id,
                     outcome.card_text, exc)
+    if outcome.page_task_id:
+        _send_page_link(user_id, outcome.page_task_id, callback_id)
+
+
+def _send_page_link(user_id: str, task_id: str, callback_id: int) -> None:
+    try:
+        config = WeComConfig.from_env()
+        if config is not None:
+            url = f"{config.public_url}/m/tasks/{task_id}"
+            client(config).send(cards.textcard("请在审批页面完成审批", NEEDS_CODE_TEXT, url, user_id))
+    except (WeComError, ValueError) as exc:
+        log.warning("wecom callback %s: could not send %s the approver page's link: %s", callback_id, user_id, exc)

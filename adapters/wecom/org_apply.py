@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from engine.history import Actor
 from engine.models import Budget, Department, User, UserRole
+from engine.services import access
 from engine.services.org import deactivate_users
 
 SYNC_ACTOR = Actor(None, "sync")
@@ -81,6 +82,7 @@ def upsert_user(session: Session, userid: str, values: dict[str, Any], report: d
         session.add(User(id=userid, **values))
         session.flush()
         session.add(UserRole(user_id=userid, role_id="employee"))
+        access.record_role_changes(session, SYNC_ACTOR, userid, set(), {"employee"})
         report["users_created"].append(userid)
         if not values["active"]:
             report["users_deactivated"].append(userid)

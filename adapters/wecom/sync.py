@@ -21,7 +21,7 @@ has, and removes departments it no longer has unless they still have users, sub-
 their open tasks move on (engine.services.org.deactivate_users).
 
 Nightly: `register()` adds a sweep check (engine.events.every_sweep) that claims one full run per day after
-FINFLOW_WECOM_SYNC_HOUR (Asia/Shanghai) — the run row's unique `slot` makes the claim safe between workers —
+FINFLOW_SYNC_ACTOR_HOUR (Asia/Shanghai) — the run row's unique `slot` makes the claim safe between workers —
 and runs it on the `sync` rq queue (a background thread in embedded mode).
 """
 
@@ -42,6 +42,7 @@ from adapters.wecom.client import WeComClient, client
 from adapters.wecom.config import WeComConfig
 from adapters.wecom.models import WeComSyncRun
 from adapters.wecom.org_apply import (
+    SYNC_ACTOR,
     Mapping,
     finish_deactivations,
     new_report,
@@ -53,6 +54,7 @@ from engine import clock
 from engine.db import transaction
 from engine.models import Department, User, UserRole
 from engine.org.directory import ensure_roles, parents_first
+from engine.services import access
 
 log = logging.getLogger("finflow.wecom.sync")
 SHANGHAI = ZoneInfo("Asia/Shanghai")
@@ -367,4 +369,5 @@ def _copy_roles(session: Session, old: str, new: str) -> None:
     roles = set(session.scalars(select(UserRole.role_id).where(UserRole.user_id == old)))
     have = set(session.scalars(select(UserRole.role_id).where(UserRole.user_id == new)))
     session.add_all(UserRole(user_id=new, role_id=r) for r in sorted(roles - have))
+    access.record_role_changes(session, SYNC_ACTOR, new, have, roles | have)
     session.flush()

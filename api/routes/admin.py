@@ -15,9 +15,10 @@ from engine.errors import Forbidden
 from engine.models import User
 from engine.outbox import admin
 from engine.outbox.models import STATUSES
+from engine.services import access
 
 blp = Blueprint("admin", __name__, description="Administration: the outbox of side effects (admins only)")
-ADMIN_ROLE = "admin"
+
 
 
 class OutboxListArgsSchema(PageArgsSchema):
@@ -50,7 +51,7 @@ class OutboxPageSchema(Schema):
 
 
 def require_admin(user: User, what: str = "查看和重试出站消息") -> None:
-    if ADMIN_ROLE not in user.role_ids:
+    if not access.may(user, "administer"):
         raise Forbidden(f"仅管理员可以{what}")
 
 

@@ -47,7 +47,7 @@ class WeComStatsSchema(Schema):
 
 @blp.route("/tasks/<key(36):task_id>/deliveries")
 @blp.response(200, WeComDeliveryListSchema)
-@errors(blp, {403: "The caller may not see the task's instance", 404: "No such task"})
+@errors(blp, {404: "No such task, or its instance is outside the caller's scope (the same answer)"})
 @authenticated
 def task_deliveries(task_id, session, user):
     """The WeCom cards and messages of a task, with their state and, when they failed, WeCom's errcode."""
@@ -57,7 +57,7 @@ def task_deliveries(task_id, session, user):
 
 @blp.route("/instances/<key(36):instance_id>/deliveries")
 @blp.response(200, WeComDeliveryListSchema)
-@errors(blp, {403: "The caller may not see the instance", 404: "No such instance"})
+@errors(blp, {404: "No such instance, or outside the caller's scope (the same answer)"})
 @authenticated
 def instance_deliveries(instance_id, session, user):
     """The WeCom cards and messages of every task of an instance, and its plain messages."""

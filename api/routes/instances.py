@@ -1,12 +1,13 @@
 from __future__ import annotations
 
 import adapters
-from api.context import authenticated, command
+from api.context import authenticated, command, note_instance_access
 from api.openapi import errors
 from api.parsing import Blueprint
 from api.schemas import (
     CcResultSchema,
     CcSchema,
+    HistoryEventSchema,
     HistorySchema,
     InstanceDetailSchema,
     InstancePageSchema,
@@ -17,15 +18,26 @@ from api.schemas import (
     UrgedSchema,
     UrgeSchema,
 )
-from engine.services import instances, queries
+from engine.services import disclosure, instances, queries
+from engine.services.disclosure import Disclosure
 
 blp = Blueprint("instances", __name__, description="Start, search, withdraw and cancel process instances")
 
 
-def instance_detail(session, instance) -> dict:
-    """The instance with its open tasks, for InstanceDetailSchema."""
-    view = {name: getattr(instance, name) for name in InstanceSchema().fields}
-    return {**view, "data": instance.data, "current_tasks": queries.current_tasks(session, instance.id),
+def instance_summary(session, instance, viewer, disclosed: Disclosure | None = None) -> dict:
+    """An instance as InstanceSchema shows it to `viewer`: a sensitive amount left out and named."""
+    disclosed = disclosed or disclosure.for_viewer(session, viewer, instance)
+    view = {name: getattr(instance, name) for name in InstanceSchema().fields if name != "masked_fields"}
+    if disclosed.hides_amount:
+        view["amount"] = None
+    return {**view, "masked_fields": sorted(disclosed.hidden)}
+
+
+def instance_detail(session, instance, viewer) -> dict:
+    """The instance with its open tasks, for InstanceDetailSchema, as `viewer` may see it."""
+    disclosed = disclosure.for_viewer(session, viewer, instance)
+    return {**instance_summary(session, instance, viewer, disclosed), "data": disclosed.data(instance.data),
+            "current_tasks": queries.current_tasks(session, instance.id),
             "integrations": adapters.integrations(session, instance.id)}
 
 
@@ -38,7 +50,7 @@ def start(body, session, user, actor):
     """Start an instance of the latest version of a process with the applicant's form data."""
     instance = instances.start_instance(session, actor, body["process_key"], body["data"],
                                         body.get("business_key"))
-    return instance_detail(session, instance)
+    return instance_detail(session, instance, user)
 
 
 @blp.route("/instances")
@@ -47,16 +59,20 @@ def start(body, session, user, actor):
 @authenticated
 def search(args, session, user):
     """Search instances by process, status, business key, starter and start date, paginated."""
-    return queries.search_instances(session, user, **args)
+    page = queries.search_instances(session, user, **args)
+    page.items = [instance_summary(session, instance, user) for instance in page.items]
+    return page
 
 
 @blp.route("/instances/<key(36):instance_id>")
 @blp.response(200, InstanceDetailSchema)
-@errors(blp, {403: "The caller may not see the instance", 404: "No such instance"})
+@errors(blp, {404: "No such instance, or outside the caller's scope (the same answer)"})
 @authenticated
 def get(instance_id, session, user):
     """Status, data and current tasks of an instance."""
-    return instance_detail(session, queries.get_instance(session, user, instance_id))
+    detail = instance_detail(session, queries.get_instance(session, user, instance_id), user)
+    note_instance_access(user, instance_id, "api.detail")
+    return detail
 
 
 @blp.route("/instances/<key(36):instance_id>/withdraw", methods=["POST"])
@@ -67,7 +83,7 @@ def get(instance_id, session, user):
 @command(InstanceDetailSchema)
 def withdraw(body, instance_id, session, user, actor):
     """The applicant withdraws a running instance (撤回); its open tasks are cancelled."""
-    return instance_detail(session, instances.withdraw_instance(session, actor, instance_id, body["reason"]))
+    return instance_detail(session, instances.withdraw_instance(session, actor, instance_id, body["reason"]), user)
 
 
 @blp.route("/instances/<key(36):instance_id>/cancel", methods=["POST"])
@@ -77,16 +93,21 @@ def withdraw(body, instance_id, session, user, actor):
 @command(InstanceDetailSchema)
 def cancel(body, instance_id, session, user, actor):
     """An administrator cancels (作废) a running or failed instance."""
-    return instance_detail(session, instances.cancel_instance(session, actor, instance_id, body["reason"]))
+    return instance_detail(session, instances.cancel_instance(session, actor, instance_id, body["reason"]), user)
 
 
 @blp.route("/instances/<key(36):instance_id>/history")
 @blp.response(200, HistorySchema)
-@errors(blp, {403: "The caller may not see the instance", 404: "No such instance"})
+@errors(blp, {404: "No such instance, or outside the caller's scope (the same answer)"})
 @authenticated
 def history(instance_id, session, user):
     """The instance's append-only history, in order."""
-    return {"instance_id": instance_id, "events": queries.history(session, user, instance_id)}
+    instance = queries.get_instance(session, user, instance_id)
+    disclosed = disclosure.for_viewer(session, user, instance)
+    events = [{name: getattr(event, name) for name in HistoryEventSchema().fields} | {
+        "payload": disclosed.data(event.payload)} for event in queries.history(session, user, instance_id)]
+    note_instance_access(user, instance_id, "api.history")
+    return {"instance_id": instance_id, "events": events}
 
 
 @blp.route("/instances/<key(36):instance_id>/urge", methods=["POST"])

@@ -57,7 +57,7 @@ class OAMetricsSchema(Schema):
 
 @blp.route("/instances/<key(36):instance_id>/oa")
 @blp.response(200, OAInstanceSchema)
-@errors(blp, {403: "The caller may not see the instance", 404: "No such instance"})
+@errors(blp, {404: "No such instance, or outside the caller's scope (the same answer)"})
 @authenticated
 def instance_oa(instance_id, session, user):
     """The instance's OA twin, every call finflow made on it and every decision OA sent, oldest first."""

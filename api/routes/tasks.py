@@ -4,6 +4,7 @@ from api.context import authenticated, command
 from api.openapi import errors
 from api.parsing import Blueprint
 from api.routes.instances import instance_detail
+from api.routes.second_factor import otp_header, records_failures, takes_otp
 from api.schemas import (
     AddSignersSchema,
     CompletedSchema,
@@ -18,6 +19,7 @@ from api.schemas import (
 )
 from engine.models import Instance
 from engine.services import deployments, queries, tasks
+from engine.services.second_factor_policy import approval_need
 
 blp = Blueprint("tasks", __name__, description="List, read and complete human tasks")
 
@@ -33,7 +35,7 @@ def list_tasks(args, session, user):
 
 @blp.route("/tasks/<key(36):task_id>")
 @blp.response(200, TaskDetailSchema)
-@errors(blp, {403: "The caller may not see the task's instance", 404: "No such task"})
+@errors(blp, {404: "No such task, or its instance is outside the caller's scope (the same answer)"})
 @authenticated
 def get(task_id, session, user):
     """A task with its form schema and the instance it belongs to."""
@@ -41,20 +43,27 @@ def get(task_id, session, user):
     instance = session.get(Instance, task.instance_id)
     model = deployments.model_for(session, instance.version_id)
     view = {name: getattr(task, name) for name in TaskSchema().fields}
-    return {**view, "form": model.form(task.form_key), "instance": instance_detail(session, instance)}
+    needs_code = "approve" in task.actions and approval_need(instance) is not None
+    return {**view, "form": model.form(task.form_key), "instance": instance_detail(session, instance, user),
+            "requires_second_factor": needs_code}
 
 
 @blp.route("/tasks/<key(36):task_id>/complete", methods=["POST"])
 @blp.arguments(CompleteTaskSchema)
 @blp.response(200, CompletedSchema)
-@errors(blp, {403: "The caller is not an approver of the task", 404: "No such task",
-              409: "The task is done, delegated, not the caller's turn yet, or the instance has ended"})
+@errors(blp, {403: "The caller is not an approver of the task, or a second factor is needed and missing or wrong",
+              404: "No such task",
+              409: "The task is done, delegated, not the caller's turn yet, or the instance has ended",
+              429: "Too many wrong second-factor codes (`too_many_second_factor_attempts`)"})
+@takes_otp
+@records_failures
 @command(CompletedSchema)
 def complete(body, task_id, session, user, actor):
-    """Approve, reject or submit a task with a comment and the form's fields."""
+    """Approve, reject or submit a task with a comment and the form's fields. Approving a large payment, or
+    changing a field marked `x-second-factor`, needs the caller's code in `X-Finflow-OTP`."""
     task, instance = tasks.complete_task(session, actor, task_id, body["action"], body["comment"],
-                                         body["form_data"])
-    return {"task": task, "instance": instance_detail(session, instance)}
+                                         body["form_data"], otp=otp_header())
+    return {"task": task, "instance": instance_detail(session, instance, user)}
 
 
 @blp.route("/tasks/<key(36):task_id>/transfer", methods=["POST"])
@@ -98,4 +107,4 @@ def add_signers(body, task_id, session, user, actor):
 @command(InstanceDetailSchema)
 def return_(body, task_id, session, user, actor):
     """退回: send the instance back to a node it passed, or to the applicant; later approvals are redone."""
-    return instance_detail(session, tasks.return_task(session, actor, task_id, body["to"], body["reason"]))
+    return instance_detail(session, tasks.return_task(session, actor, task_id, body["to"], body["reason"]), user)

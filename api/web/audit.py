@@ -17,6 +17,7 @@ from flask import Response, request, stream_with_context
 from marshmallow import ValidationError
 from sqlalchemy.orm import Session
 
+from api.context import note_instance_access, request_actor
 from api.schemas import InstanceSearchArgsSchema
 from api.web import blp
 from api.web.pages import error_page, page
@@ -26,12 +27,13 @@ from engine.db import transaction
 from engine.errors import FinflowError
 from engine.finance.money import yuan
 from engine.models import Instance, ProcessVersion, User
+from engine.services import access, disclosure, security_log
 from engine.services.deployments import get_version, list_versions, model_for
 from engine.services.progress import instance_progress
 from engine.services.queries import get_instance, instance_filter, scope_instances, search_instances
 from engine.services.statistics import version_statistics
 
-AUDIT_ROLES = frozenset({"auditor", "admin"})
+AUDIT_ROLES = access.roles_granting("audit")
 SEARCH_FIELDS = ("business_key", "process_key", "starter", "approver", "amount_min", "amount_max", "status",
                  "started_from", "started_to")
 EXPORT_BATCH = 500
@@ -54,7 +56,7 @@ def _criteria() -> tuple[dict, dict[str, list[str]]]:
 def audit_search(session: Session, user: User, login: Login) -> Response:
     criteria, errors = _criteria()
     found = None if errors else search_instances(session, user, **{"per_page": 20, **criteria})
-    rows = _rows(session, found.items) if found else []
+    rows = _rows(session, found.items, user) if found else []
     query = urlencode([(k, request.args[k]) for k in SEARCH_FIELDS if request.args.get(k)])
     return page("audit_search.html", args=request.args, errors=errors, found=found, rows=rows, query=query,
                 csrf=login.csrf)
@@ -68,7 +70,10 @@ def export_csv(session: Session, user: User, login: Login) -> Response:
         return error_page("无法导出", "查询条件有误：" + "；".join(f"{k} {v[0]}" for k, v in errors.items()), 422)
     criteria.pop("page", None)
     criteria.pop("per_page", None)
-    stmt = scope_instances(instance_filter(**criteria), user).order_by(Instance.started_at.desc(), Instance.id)
+    stmt = scope_instances(session, instance_filter(**criteria), user).order_by(Instance.started_at.desc(),
+                                                                                Instance.id)
+    security_log.record_access("instances.exported", request_actor(user), "export", None, format="csv",
+                               criteria={k: str(v) for k, v in criteria.items()})
     def lines() -> Iterator[str]:  # streamed in batches, in a transaction of its own (the view's has ended)
         yield "\ufeff"  # Excel opens UTF-8 with a BOM as UTF-8
         out = io.StringIO()
@@ -77,7 +82,7 @@ def export_csv(session: Session, user: User, login: Login) -> Response:
         with transaction(readonly=True) as export:
             offset = 0
             while batch := list(export.scalars(stmt.limit(EXPORT_BATCH).offset(offset))):
-                for row in _rows(export, batch):
+                for row in _rows(export, batch, user):
                     writer.writerow([row["business_key"], row["process"], row["title"], row["applicant"],
                                      row["amount_plain"], row["status"], row["started"], row["ended"], row["id"]])
                 yield out.getvalue()
@@ -98,12 +103,13 @@ def audited_instance(session: Session, user: User, login: Login, instance_id: st
         instance = get_instance(session, user, instance_id[:ID_CHARS])
     except FinflowError as exc:  # not found, or outside the auditor's scope: a page, never a 5xx
         return error_page("无法查看", exc.message, exc.status)
+    note_instance_access(user, instance.id, "audit.page")
     model = model_for(session, instance.version_id)
     version = session.get(ProcessVersion, instance.version_id)
     progress = instance_progress(session, instance, model)
     node_names = {node_id: node.name for node_id, node in model.nodes.items()}
     timeline = audit_timeline(session, instance.id, node_names)
-    summary = _rows(session, [instance])[0]
+    summary = _rows(session, [instance], user)[0]
     shown = progress.as_dict()
     for node in shown["completed"]:
         node["duration"] = human_seconds(node["seconds"]) if node["seconds"] else ""
@@ -131,14 +137,20 @@ def version_stats(session: Session, user: User, login: Login, key: str, version:
 
 
 
-def _rows(session: Session, instances: list[Instance]) -> list[dict]:
+def _rows(session: Session, instances: list[Instance], viewer: User) -> list[dict]:
     who = names(session, {i.starter_id for i in instances})
     process_names = {}
     for instance in instances:
         if instance.version_id not in process_names:
             process_names[instance.version_id] = model_for(session, instance.version_id).name
-    return [{"id": i.id, "business_key": i.business_key or "", "process": process_names[i.version_id],
-             "title": i.title or "", "applicant": who.get(i.starter_id, i.starter_id),
-             "amount": yuan(i.amount) if i.amount is not None else "",
-             "amount_plain": f"{i.amount:.2f}" if i.amount is not None else "", "status": status_text(i),
-             "started": local_time(i.started_at), "ended": local_time(i.ended_at)} for i in instances]
+    return [_row(i, process_names[i.version_id], who, disclosure.for_viewer(session, viewer, i)) for i in instances]
+
+
+def _row(i: Instance, process: str, who: dict[str, str], disclosed: disclosure.Disclosure) -> dict:
+    amount = None if disclosed.hides_amount else i.amount
+    masked = disclosed.amount(i.amount) if disclosed.hides_amount else None
+    return {"id": i.id, "business_key": i.business_key or "", "process": process,
+            "title": i.title or "", "applicant": who.get(i.starter_id, i.starter_id),
+            "amount": masked or (yuan(amount) if amount is not None else ""),
+            "amount_plain": masked or (f"{amount:.2f}" if amount is not None else ""), "status": status_text(i),
+            "started": local_time(i.started_at), "ended": local_time(i.ended_at)}

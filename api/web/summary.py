@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from engine.history import instance_history
 from engine.models import HistoryEvent, Instance, User
 from engine.runner.model import ProcessModel
 from engine.services.forms import shown_fields
@@ -86,8 +87,7 @@ def local_time(moment: datetime | None, seconds: bool = False) -> str:
 
 
 def timeline(session: Session, instance_id: str) -> list[Step]:
-    events = list(session.scalars(select(HistoryEvent).where(HistoryEvent.instance_id == instance_id)
-                                  .order_by(HistoryEvent.seq)))
+    events = instance_history(session, instance_id)
     who = names(session, {e.actor_id for e in events})
     return [Step(who.get(e.actor_id, e.actor_id or "系统"), _what(e), local_time(e.at),
                  CHANNELS.get(e.channel, e.channel), _note(e.payload or {}))
@@ -111,8 +111,7 @@ class AuditRow:
 
 
 def audit_timeline(session: Session, instance_id: str, node_names: dict[str, str]) -> list[AuditRow]:
-    events = list(session.scalars(select(HistoryEvent).where(HistoryEvent.instance_id == instance_id)
-                                  .order_by(HistoryEvent.seq)))
+    events = instance_history(session, instance_id)
     who = names(session, {e.actor_id for e in events})
     return [AuditRow(e.seq, local_time(e.at, seconds=True), KINDS.get(e.type.split(".")[0], "其他"),
                      _what(e) if e.type in EVENTS else ENGINE_EVENTS.get(e.type, e.type),

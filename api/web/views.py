@@ -25,8 +25,10 @@ from engine.errors import FinflowError
 from engine.finance.money import yuan
 from engine.history import Actor
 from engine.models import Instance, Task, User
+from engine.services import second_factor
 from engine.services.deployments import model_for
 from engine.services.queries import INBOX_TABS, get_instance, inbox
+from engine.services.second_factor_policy import approval_need
 from engine.services.tasks import complete_task, return_task, transfer_task
 
 MAX_COMMENT = 2000
@@ -121,8 +123,9 @@ def decide(login: Login, task_id: str) -> Response:
             elif action == "return":
                 return_task(session, actor, task_id, "applicant", comment or None)
             else:
-                complete_task(session, actor, task_id, action, comment or None)
+                complete_task(session, actor, task_id, action, comment or None, otp=_otp())
     except FinflowError as exc:
+        second_factor.record_refusal(exc)  # a wrong code counts: recorded now the command's transaction is gone
         with transaction(readonly=True) as session:
             return _render_task(session, session.get(User, login.user_id), task_id, login.csrf, exc.message,
                                 exc.status)
@@ -152,8 +155,16 @@ def _render_task(session: Session, user: User, task_id: str, csrf: str, error: s
             get_instance(session, user, instance.id)
         except FinflowError as exc:
             return error_page("无法查看", exc.message, exc.status)
+    needs_code = "approve" in task.actions and approval_need(instance) is not None
     return page("task.html", status, task=task, csrf=csrf, error=error, can_act=_can_act(task, instance, user),
-                reason=_why_not(task, instance, user), **_instance_context(session, instance))
+                reason=_why_not(task, instance, user), needs_code=needs_code,
+                has_second_factor=second_factor.enabled(user), **_instance_context(session, instance))
+
+
+def _otp() -> str | None:
+    """The 动态验证码 typed on the page (spaces allowed: authenticator apps show "123 456")."""
+    code = "".join((request.form.get("otp") or "").split())[:16]
+    return code or None
 
 
 def _can_act(task: Task, instance: Instance, user: User) -> bool:

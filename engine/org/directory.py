@@ -13,13 +13,16 @@ from sqlalchemy.orm import Session
 from engine.errors import InvalidInput
 from engine.finance import budgets
 from engine.finance.money import to_money
+from engine.history import Actor
 from engine.models import Budget, Department, Group, GroupMember, Role, User, UserRole
+from engine.services import access
 
 ROLES = {
     "employee": "员工", "manager": "主管", "director": "部门负责人", "cfo": "财务总监", "gm": "总经理",
     "finance": "会计", "cashier": "出纳", "legal": "法务", "auditor": "审计", "designer": "流程设计",
     "admin": "管理员",
 }
+ORG_LOAD = Actor(user_id=None, channel="org")  # who changes roles when an org document is loaded
 DEMO_ORG = Path(__file__).resolve().parent.parent / "demo" / "org.json"
 
 
@@ -35,9 +38,11 @@ def require_active_users(session: Session, users: list[str], field: str) -> None
 
 
 def ensure_roles(session: Session) -> None:
+    """The roles finflow knows, each with its default data scopes unless an administrator set others."""
     existing = set(session.scalars(select(Role.id)))
     session.add_all(Role(id=k, name=v) for k, v in ROLES.items() if k not in existing)
     session.flush()
+    access.seed_scopes(session)
 
 
 def load_org(session: Session, org: dict[str, Any]) -> dict[str, int]:
@@ -54,6 +59,8 @@ def load_org(session: Session, org: dict[str, Any]) -> dict[str, int]:
                                   manager_id=u.get("manager"), title=u.get("title"), mobile=u.get("mobile"),
                                   email=u.get("email"), active=u.get("active", True)))
         session.flush()
+        before = set(session.scalars(select(UserRole.role_id).where(UserRole.user_id == user.id)))
+        access.record_role_changes(session, ORG_LOAD, user.id, before, set(u["roles"]))
         session.execute(delete(UserRole).where(UserRole.user_id == user.id))
         session.add_all(UserRole(user_id=user.id, role_id=r) for r in u["roles"])
     for g in org.get("groups", []):

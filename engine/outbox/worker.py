@@ -6,8 +6,9 @@ of workers may run against one database and one Redis: a row is run under its ro
 in that transaction, and sweepers claim rows with SKIP LOCKED.
 
 Every sweep interval the worker also fires due BPMN timers (engine.timers.fire_due, safe with racing
-workers): periodic work runs in a thread started once the worker is dequeuing, i.e. after rq forked its
-scheduler process, so the fork does not copy a thread that is using the database.
+workers) and anchors the audit trail's days once they are over (engine.audit.anchors): periodic work
+runs in a thread started once the worker is dequeuing, i.e. after rq forked its scheduler process, so
+the fork does not copy a thread that is using the database.
 
 rq's work loop ends when Redis fails outside its blocking pop (heartbeat, registry maintenance); a
 long-running worker then starts a fresh one after a pause instead of exiting, so a Redis restart needs
@@ -27,6 +28,7 @@ from redis.exceptions import RedisError
 from rq import SimpleWorker
 
 from engine import events, timers
+from engine.audit.anchors import anchor_due
 from engine.events import QUEUES
 from engine.outbox.policy import Policy
 from engine.outbox.sweeper import SweeperThread, sweep
@@ -35,7 +37,9 @@ log = logging.getLogger("finflow.outbox")
 RESTART_DELAYS = (1, 2, 5, 10, 30)  # seconds before the 1st, 2nd, ... restart of a work loop that broke
 STABLE_SECONDS = 300  # a work loop that ran this long resets the restart delays
 
-PERIODIC = (sweep, timers.fire_due)  # what workers (and an embedded API process) do every sweep interval
+# What workers (and an embedded API process) do every sweep interval; anchor_due reads one row when
+# yesterday is anchored already.
+PERIODIC = (sweep, timers.fire_due, anchor_due)
 
 
 def periodic() -> tuple:

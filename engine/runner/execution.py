@@ -8,6 +8,7 @@ with few statements: one instance update, bulk inserts for tasks, candidates and
 from __future__ import annotations
 
 from collections.abc import Callable
+from copy import deepcopy
 from datetime import UTC, datetime
 from functools import cached_property
 from typing import Any, TypeVar
@@ -95,6 +96,8 @@ class InstanceRun:
 
     @classmethod
     def load(cls, session: Session, instance: Instance, model: ProcessModel, actor: Actor) -> InstanceRun:
+        if instance.archived_at is not None:  # its workflow state was dropped and its history frozen
+            raise Conflict("流程实例已归档，不能再变更", {"instance_id": instance.id}, code="instance_archived")
         return cls(session, instance, model, load_state(instance.state, model, SCRIPT_ENGINE), actor)
 
     # -- commands -----------------------------------------------------------------------------------
@@ -167,7 +170,12 @@ class InstanceRun:
         self.history.record("task.returned", {"to": target, "reason": reason, "from_node": row.node_id},
                             task_id=row.id, node_id=row.node_id)
         self._ready_user_tasks.clear()
+        current = deepcopy(self._task(UUID(row.spiff_task_id)).data)
         self.workflow.reset_from_task_id(spiff_target.id)
+        # The reopened task holds the request as it stands now, not as it was when the task first ran
+        # (the reset re-inherits its parent's data): a second return must not undo a resubmission.
+        spiff_target.data = current
+        spiff_target.workflow.last_task = spiff_target  # what the instance's data and summary show meanwhile
         if target == "applicant":
             self._returned_to_applicant = spiff_target.id
         self.step()
@@ -612,7 +620,7 @@ class InstanceRun:
         instance.data = _jsonable(data)
         instance.updated_at = utcnow()
         self._sync_timers()
-        history = self.history.take_rows()  # numbers the events and advances instance.last_seq
+        history = self.history.take_rows()  # numbers and hash-chains the events, advances last_seq and chain_head
         self.session.flush()  # the instance row (insert or versioned update) before rows that reference it
         # Core inserts: one executemany each, without the ORM's per-row bookkeeping.
         connection = self.session.connection()

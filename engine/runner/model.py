@@ -141,12 +141,27 @@ class ParsedBundle:
     warnings: list[DeployWarning] = field(default_factory=list)
 
 
-def parse_xml(text: str, filename: str):
+def parse_xml(text: str, filename: str, *, doctype_allowed: bool = False):
+    """The file's tree, never expanding an entity or loading a DTD (_SAFE_XML). An upload with a DOCTYPE
+    is refused, whatever it declares: no modeler writes one, entities in a tree fail SpiffWorkflow's schema
+    check with an obscure message, and a stored DOCTYPE would be an XXE waiting for a laxer parser. A
+    version stored before this rule (`doctype_allowed`) is still read."""
     try:
-        return etree.fromstring(text.encode("utf-8"), _SAFE_XML)
+        root = etree.fromstring(text.encode("utf-8"), _SAFE_XML)
     except etree.XMLSyntaxError as exc:
+        if not doctype_allowed and "<!DOCTYPE" in text:  # e.g. an entity bomb lxml stopped expanding
+            raise _doctype_refused(filename, exc.msg) from exc
         raise DeploymentInvalid(f"{filename} is not well-formed XML: {exc.msg}",
                                 {"file": filename, "line": exc.lineno}) from exc
+    if not doctype_allowed and root.getroottree().docinfo.doctype:
+        raise _doctype_refused(filename)
+    return root
+
+
+def _doctype_refused(filename: str, parser_message: str | None = None) -> DeploymentInvalid:
+    said = f" ({parser_message})" if parser_message else ""
+    return DeploymentInvalid(f"{filename} has a DOCTYPE declaration: DTDs and entities are not allowed in BPMN and "
+                             f"DMN files; remove the <!DOCTYPE …> part{said}", {"file": filename, "line": 1})
 
 
 def parse_bundle(files: dict[str, str]) -> ParsedBundle:
@@ -207,7 +222,7 @@ class _Bundle:
         if not any(n.endswith(".bpmn") for n in files):
             raise DeploymentInvalid("A deployment needs at least one .bpmn file", {"files": sorted(files)})
         self.files, self.strict = files, strict
-        self.roots = {n: _read(n, functools.partial(parse_xml, t, n))
+        self.roots = {n: _read(n, functools.partial(parse_xml, t, n, doctype_allowed=not strict))
                       for n, t in files.items() if n.endswith((".bpmn", ".dmn"))}
         self.forms = {_form_key(n): _read(n, functools.partial(_load_form, n, t, strict))
                       for n, t in files.items() if n.endswith(".json") and channels.parse_name(n) is None}

@@ -15,8 +15,9 @@ from engine.history import Actor
 from engine.models import ProcessDefinition, ProcessVersion, User
 from engine.runner.execution import utcnow
 from engine.runner.model import DeployWarning, ParsedBundle, ProcessModel, model_for_version, parse_bundle
+from engine.services import access
 
-DESIGNER_ROLES = {"designer", "admin"}
+DESIGNER_ROLES = access.roles_granting("design")
 
 
 @dataclass

@@ -15,13 +15,14 @@ from engine.models import HistoryEvent, Instance, ProcessDefinition, ProcessVers
 from engine.org.directory import require_active_users
 from engine.runner.execution import InstanceRun, run_command, utcnow
 from engine.runner.summary import amount_of, title_of
+from engine.services import access
 from engine.services.controls import check_submission
 from engine.services.deployments import model_for
 from engine.services.forms import validate_form
 from engine.services.queries import current_tasks
 
 BUSINESS_KEY_PREFIX = {"reimbursement": "BX", "payment": "FK", "contract": "HT"}
-CANCEL_ROLES = {"admin"}
+CANCEL_ROLES = access.roles_granting("administer")
 URGE_INTERVAL = timedelta(hours=1)
 
 
@@ -44,7 +45,8 @@ def start_instance(session: Session, actor: Actor, process_key: str, data: dict[
     instance = Instance(
         id=instance_id, process_key=process_key, version_id=version_id,
         business_key=business_key or _business_key(process_key, instance_id, now),
-        starter_id=actor.user_id, status="running", title=title_of(data), amount=amount_of(data), data=data,
+        starter_id=actor.user_id, department_id=session.scalar(select(User.department_id).where(
+            User.id == actor.user_id)), status="running", title=title_of(data), amount=amount_of(data), data=data,
         state="", last_seq=0, started_at=now, updated_at=now,
     )
     session.add(instance)

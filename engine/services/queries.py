@@ -1,7 +1,7 @@
-"""Every read that lists or opens instances and tasks goes through here, behind one data-scope rule.
-
-Scope today: finance, auditors, executives and admins see every instance; everyone else sees the
-instances they started or hold (or held) a task on. Later security work tightens this in one place.
+"""Every read that lists or opens instances and tasks goes through here, behind one data-scope rule
+(engine.services.access: roles × scopes). An instance outside the viewer's scope is answered exactly
+like one that does not exist (404), so ids cannot be probed; a list never holds a row its detail would
+refuse, because both use the same WHERE clause.
 """
 
 from __future__ import annotations
@@ -16,11 +16,12 @@ from sqlalchemy import Select, exists, func, select
 from sqlalchemy.orm import Session
 
 from engine import clock
-from engine.errors import Forbidden, NotFound
-from engine.models import HistoryEvent, Instance, InstanceCc, Task, TaskCandidate, User
+from engine.errors import NotFound
+from engine.history import instance_history
+from engine.models import HistoryArchive, HistoryEvent, Instance, InstanceCc, Task, TaskCandidate, User
+from engine.services import access
 
 LOCAL_ZONE = ZoneInfo("Asia/Shanghai")
-WIDE_SCOPE_ROLES = {"admin", "auditor", "finance", "cfo", "gm", "cashier"}
 
 
 @dataclass
@@ -35,37 +36,28 @@ class Page:
         return {"total": self.total, "page": self.page, "per_page": self.per_page}
 
 
-def _sees_all(viewer: User) -> bool:
-    return bool(viewer.role_ids & WIDE_SCOPE_ROLES)
-
-
 def _asked(user_id: str):
     """The instance has a task `user_id` was a candidate for (asked to act on it)."""
     return exists().where(Task.instance_id == Instance.id, TaskCandidate.task_id == Task.id,
                           TaskCandidate.user_id == user_id)
 
 
-def scope_instances(stmt: Select, viewer: User) -> Select:
-    if _sees_all(viewer):
-        return stmt
-    involved = _asked(viewer.id)
-    copied = exists().where(InstanceCc.instance_id == Instance.id, InstanceCc.user_id == viewer.id)
-    return stmt.where((Instance.starter_id == viewer.id) | involved | copied)
+def scope_instances(session: Session, stmt: Select, viewer: User) -> Select:
+    """`stmt` (a SELECT with Instance in it) limited to what `viewer` may see."""
+    return access.scope_instances(session, stmt, viewer)
 
 
 def get_instance(session: Session, viewer: User, instance_id: str) -> Instance:
-    instance = session.get(Instance, instance_id)
+    """The instance, or 404 alike whether it does not exist or lies outside the viewer's scope."""
+    instance = session.scalar(scope_instances(session, select(Instance).where(Instance.id == instance_id), viewer))
     if instance is None:
         raise NotFound(f"流程实例 {instance_id} 不存在", {"instance_id": instance_id})
-    visible = session.scalar(scope_instances(select(Instance.id).where(Instance.id == instance_id), viewer))
-    if visible is None:
-        raise Forbidden("您无权查看该流程实例", {"instance_id": instance_id})
     return instance
 
 
 def search_instances(session: Session, viewer: User, *, page: int = 1, per_page: int = 20, **criteria: Any) -> Page:
     """Instances the viewer may see matching `criteria` (instance_filter's), newest first, a page of them."""
-    stmt = scope_instances(instance_filter(**criteria), viewer)
+    stmt = scope_instances(session, instance_filter(**criteria), viewer)
     return _paginate(session, stmt.order_by(Instance.started_at.desc(), Instance.id), page, per_page)
 
 
@@ -103,9 +95,9 @@ def list_tasks(session: Session, viewer: User, *, mine: bool = False, instance_i
         stmt = stmt.where(Task.instance_id == instance_id)
     if status is not None:
         stmt = stmt.where(Task.status == status)
-    if not mine and not _sees_all(viewer):
+    if not mine and not access.sees_everything(session, viewer):
         stmt = stmt.join(Instance, Instance.id == Task.instance_id)
-        stmt = scope_instances(stmt, viewer)
+        stmt = scope_instances(session, stmt, viewer)
     return _paginate(session, stmt.order_by(Task.created_at, Task.id), page, per_page)
 
 
@@ -136,11 +128,15 @@ def inbox(session: Session, viewer: User, tab: str, limit: int = 50) -> list[tup
 
 
 def get_task(session: Session, viewer: User, task_id: str) -> Task:
+    """The task, or 404 alike whether it does not exist or its instance lies outside the viewer's scope."""
     task = session.get(Task, task_id)
+    if task is not None and viewer.id not in task.candidates:
+        try:
+            get_instance(session, viewer, task.instance_id)
+        except NotFound:
+            task = None
     if task is None:
         raise NotFound(f"任务 {task_id} 不存在", {"task_id": task_id})
-    if viewer.id not in task.candidates:
-        get_instance(session, viewer, task.instance_id)  # raises unless the viewer may see the instance
     return task
 
 
@@ -151,10 +147,10 @@ def current_tasks(session: Session, instance_id: str) -> list[Task]:
                                 .order_by(Task.created_at, Task.position)))
 
 
-def history(session: Session, viewer: User, instance_id: str) -> list[HistoryEvent]:
-    get_instance(session, viewer, instance_id)
-    return list(session.scalars(select(HistoryEvent).where(HistoryEvent.instance_id == instance_id)
-                                .order_by(HistoryEvent.seq)))
+def history(session: Session, viewer: User, instance_id: str) -> list[HistoryEvent | HistoryArchive]:
+    """The timeline, live or archived (engine.audit.archive moves finished instances' events)."""
+    instance = get_instance(session, viewer, instance_id)
+    return instance_history(session, instance_id, archived=instance.archived_at is not None)
 
 
 def _aware(moment: datetime) -> datetime:

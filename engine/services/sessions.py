@@ -9,6 +9,7 @@ from __future__ import annotations
 import secrets
 from datetime import timedelta
 
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from engine import clock
@@ -52,3 +53,10 @@ def revoke(session: Session, cookie: str | None) -> bool:
     web.revoked_at = clock.now()
     return True
 
+
+
+def revoke_all(session: Session, user_id: str) -> int:
+    """Log a user out everywhere (deactivation); returns how many live sessions ended."""
+    now = clock.now()
+    return session.execute(update(WebSession).where(WebSession.user_id == user_id, WebSession.revoked_at.is_(None),
+                                                   WebSession.expires_at > now).values(revoked_at=now)).rowcount

@@ -7,7 +7,9 @@ command locks the instance, checks that the caller is a current approver, and re
 from __future__ import annotations
 
 from typing import Any
+from uuid import UUID
 
+from SpiffWorkflow.exceptions import TaskNotFoundException
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -18,13 +20,20 @@ from engine.org.directory import require_active_users
 from engine.runner.duties import barred_approvers
 from engine.runner.execution import InstanceRun, run_command
 from engine.runner.model import ProcessModel
+from engine.services import second_factor
 from engine.services.controls import check_submission
 from engine.services.deployments import model_for
 from engine.services.forms import validate_form
+from engine.services.second_factor_policy import need_for
 
 
 def complete_task(session: Session, actor: Actor, task_id: str, action: str, comment: str | None = None,
-                  form_data: dict[str, Any] | None = None) -> tuple[Task, Instance]:
+                  form_data: dict[str, Any] | None = None, *,
+                  otp: str | None | second_factor.InProcess = second_factor.IN_PROCESS) -> tuple[Task, Instance]:
+    """`otp`: the second-factor code a person sent with the command (None: none sent). Approving a large
+    payment or changing a payee's bank account needs one (second_factor_policy); the check runs after
+    every other, on the restored workflow (a resubmission's current values are in its task's data, not yet
+    in instance.data) and before anything is written. In-process callers leave the default (IN_PROCESS)."""
     instance, task, model = _load_actionable(session, actor, task_id)
     if action not in task.actions:
         raise InvalidInput(f"action must be one of {task.actions}", {"fields": {"action": [
@@ -35,8 +44,24 @@ def complete_task(session: Session, actor: Actor, task_id: str, action: str, com
     if action == "submit":  # a revised request passes the same controls as a new one
         check_submission(session, instance.starter_id, model.form(model.start_form),
                          {**instance.data, **form_data}, instance.id, resubmission=True)
-    run_command(session, instance, model, actor, lambda run: run.complete_user_task(task, action, comment, form_data))
+    form = model.form(task.form_key)
+
+    def complete(run: InstanceRun) -> None:
+        need = need_for(instance, action, form, form_data, _current_data(run, task, instance))
+        second_factor.guard(session, actor, need, otp)
+        run.complete_user_task(task, action, comment, form_data)
+
+    run_command(session, instance, model, actor, complete)
     return task, instance
+
+
+def _current_data(run: InstanceRun, task: Task, instance: Instance) -> dict[str, Any]:
+    """The values the task's BPMN task holds now: what a submission changes (a second resubmission
+    compares with the first, not with the start)."""
+    try:
+        return run.workflow.get_task_from_id(UUID(task.spiff_task_id)).data
+    except (TaskNotFoundException, ValueError):
+        return instance.data or {}
 
 
 def transfer_task(session: Session, actor: Actor, task_id: str, to_user: str, reason: str | None) -> Task:
