@@ -13,6 +13,7 @@ from engine.budget_cli import budget
 from engine.crypto import SecretKeyError
 from engine.db import transaction
 from engine.errors import FinflowError
+from engine.events import QUEUES
 from engine.history import Actor
 from engine.outbox.models import STATUSES as OUTBOX_STATUSES
 from engine.secrets_cli import secrets_group
@@ -296,14 +297,14 @@ def _demo_tokens() -> list[str]:
 
 
 @main.command()
-@click.option("--queues", default="channels,timers,sync", show_default=True,
-              help="comma-separated rq queues to work on")
+@click.option("--queues", default=",".join(QUEUES), show_default=True,
+              help="comma-separated rq queues to work on (by default every queue: a worker started the obvious "
+                   "way also sends webhooks and broker events)")
 @click.option("--burst", is_flag=True, help="sweep and fire due timers once, run every queued job, then exit")
 @click.option("--sweep-interval", type=click.FloatRange(min=0.05), default=None,
               help="seconds between outbox sweeps (default $FINFLOW_SWEEP_INTERVAL or 10)")
 def worker(queues: str, burst: bool, sweep_interval: float | None) -> None:
     """Run outbox jobs from Redis (REDIS_URL) with rq's scheduler, the outbox sweeper and due timers."""
-    from engine.events import QUEUES
     from engine.outbox import worker as outbox_worker
     from engine.outbox.dispatch import redis_url
 

@@ -168,6 +168,16 @@ def test_a_slow_receiver_blocks_neither_approvals_nor_other_subscriptions(embedd
         healthy.close()
 
 
+def test_a_plain_worker_serves_every_queue_and_sends_webhooks(redis_url, workers, receiver):
+    """`finflow worker` started the obvious way, without --queues, must not leave the events queue unserved."""
+    target, _ = subscribe("webhook", receiver.url)
+    workers.start(redis_url, env={"FINFLOW_SWEEP_INTERVAL": "0.5"})
+    start("reimbursement", "suxiaoyun", claim())
+    wait_for(lambda: deliveries(target) and {d.status for d in deliveries(target)} == {"done"},
+             message=f"delivery by a plain worker\n{workers.logs()}")
+    assert [e["type"] for e in receiver.events()][:1] == ["com.finflow.instance.started"]
+
+
 def test_a_worker_killed_between_sending_and_recording_resends_the_same_id(redis_url, workers, receiver):
     environment = {"FINFLOW_OUTBOX_LEASE": "2", "FINFLOW_SWEEP_INTERVAL": "0.5"}
     first = workers.start(redis_url, "--queues", "events", env=environment)
