@@ -1,5 +1,8 @@
 """History completeness: every node an instance passed through is in its history, in order, and the
-history agrees with what SpiffWorkflow itself recorded in the workflow state."""
+history agrees with what SpiffWorkflow itself recorded in the workflow state (saved unpruned here: the
+saved tree normally drops finished tasks nothing consults any more, engine.runner.state.prune)."""
+
+from functools import partial
 
 import pytest
 from SpiffWorkflow.util.task import TaskState
@@ -8,13 +11,19 @@ from engine.db import transaction
 from engine.demo.driver import drive
 from engine.demo.scenarios import SCENARIOS
 from engine.models import Instance
+from engine.runner import execution
 from engine.runner.execution import SCRIPT_ENGINE
-from engine.runner.state import load_state
+from engine.runner.state import dump_state, load_state
 from engine.services.deployments import model_for
 from tests.helpers import events
 
 NODE_EVENTS = {"task.completed", "task.auto_approved", "node.completed", "gateway.decision", "dmn.decision",
                "service.completed"}
+
+
+@pytest.fixture(autouse=True)
+def full_state(monkeypatch):
+    monkeypatch.setattr(execution, "dump_state", partial(dump_state, pruned=False))
 
 
 def engine_path(instance_id: str) -> list[str]:
