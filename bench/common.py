@@ -21,6 +21,7 @@ if "FINFLOW_DATA_DIR" not in os.environ:
     raise ImportError("bench/common.py: set FINFLOW_DATA_DIR before importing it (engine.config reads it at import)")
 
 import redis  # noqa: E402
+from redis_guard import flush_own  # noqa: E402
 from sqlalchemy import create_engine, text  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
@@ -79,7 +80,7 @@ def use_services(pg_url: str, redis_url: str, flush: bool = False) -> tuple[str,
         connection = redis.Redis.from_url(redis_url)
         version = connection.info("server")["redis_version"]
         if flush:
-            connection.flushdb()
+            flush_own(connection, redis_url)
     except redis.RedisError as exc:
         raise SystemExit(f"Redis at {redis_url} is not usable ({exc}); "
                          "start it with scripts/services.sh") from None

@@ -40,6 +40,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import growth  # noqa: E402
+from redis_guard import flush_own  # noqa: E402 (bench/, the script's directory, is on sys.path)
 from SpiffWorkflow.bpmn.script_engine import PythonScriptEngine  # noqa: E402
 from SpiffWorkflow.bpmn.serializer import BpmnWorkflowSerializer  # noqa: E402
 from SpiffWorkflow.bpmn.workflow import BpmnWorkflow  # noqa: E402
@@ -578,6 +580,46 @@ def report(bare: Phase, references: list[Phase], runs: list[DbRun], state_bytes:
     return "\n".join(out)
 
 
+def growth_report(runs: list[DbRun], signers: list[int], log) -> str:
+    """Step cost as an instance grows (bench/growth.py): reject loops, then countersigns beside the bare engine."""
+    out = ["Growth: reject loop (reimbursement rejected at the manager and resubmitted; mean of the loop's 2 commands)"]
+    loops = {}
+    for r in runs:
+        log(f"[growth] {r.db}: 10 reject loops ...")
+        use_default_url(r.url)
+        loops[r.db] = growth.reject_loop(10)
+    rows = []
+    for i in range(10):
+        row = [str(i + 1)]
+        for r in runs:
+            first, figures = loops[r.db]
+            f = figures[i]
+            row += [f"{f.state_bytes / 1024:.1f} KB", f"{f.state_bytes / figures[0].state_bytes:.2f}",
+                    f"{f.step_ms:.1f}", f"{f.step_ms / figures[0].step_ms:.2f}"]
+        rows.append(row)
+    headers = ["loop"] + [h for r in runs for h in (f"{r.db} state", "÷ loop 1", "step ms", "÷ loop 1")]
+    out.append(table(headers, rows, "r" * len(headers)))
+    out.append("State after start: " + ", ".join(f"{r.db} {loops[r.db][0] / 1024:.1f} KB" for r in runs))
+    out.append("")
+    out.append("Growth: 会签 countersign (one signer's completion; state once all have signed)")
+    rows, medians = [], {}
+    for count in signers:
+        log(f"[growth] countersign with {count} signers: bare engine, " + ", ".join(r.db for r in runs) + " ...")
+        figures = [("bare engine (stock round trip)", growth.bare_countersign(count))]
+        for r in runs:
+            use_default_url(r.url)
+            figures.append((f"service layer {r.db}", growth.countersign(count)))
+        for label, f in figures:
+            medians.setdefault(label, []).append(f.median_ms)
+            rows.append([label, str(count), f"{f.median_ms:.2f}", f"{f.max_ms:.2f}", f"{f.max_ms / f.median_ms:.1f}",
+                         f"{f.state_bytes / 1024:.1f} KB"])
+    out.append(table(["row", "signers", "median ms", "max ms", "max ÷ median", "state"], rows, "lrrrrr"))
+    if len(signers) > 1:
+        out.append(f"Per-signer median, {signers[-1]} ÷ {signers[0]} signers: " + ", ".join(
+            f"{label} {m[-1] / m[0]:.1f} ×" for label, m in medians.items()))
+    return "\n".join(out)
+
+
 def use_redis(url: str, flush_only: bool = False) -> str:
     """Point the outbox at a real Redis (commands only enqueue, as API processes do in production), or
     at embedded mode, where the notification jobs run inside each command's caller."""
@@ -586,11 +628,11 @@ def use_redis(url: str, flush_only: bool = False) -> str:
     current = os.environ.get("REDIS_URL")
     if flush_only:
         if current:
-            Redis.from_url(current).flushdb()
+            flush_own(Redis.from_url(current), current)
         return ""
     if url != "embedded":
         try:
-            Redis.from_url(url, socket_connect_timeout=2).flushdb()
+            flush_own(Redis.from_url(url, socket_connect_timeout=2), url)
             os.environ["REDIS_URL"] = url
             return f"written in each command's transaction and enqueued on Redis {url} after commit (no worker runs)"
         except Exception as exc:  # noqa: BLE001 - fall back to embedded mode, and say so
@@ -616,12 +658,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true",
                         help="also profile the service layer on SQLite (cProfile, top 25 cumulative)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    parser.add_argument("--signers", type=lambda v: [int(n) for n in v.split(",")], default=[5, 50, 200],
+                        help="countersign sizes for the growth figures (default 5,50,200)")
     parser.add_argument("--side-effects", choices=["redis", "embedded", "none"], default="redis",
                         help="redis: commands write outbox rows and enqueue them on --redis-url (production path); "
                              "embedded: delivered in-process; none: no subscribers, the engine path alone")
     parser.add_argument("--redis-url", default=os.environ.get("FINFLOW_BENCH_REDIS_URL", "redis://127.0.0.1:6379/3"),
                         help="Redis the commands hand side effects to, as in production (flushed before and "
-                             "after; no worker runs, so nothing is delivered). 'embedded' delivers in-process")
+                             "after, and refused if it holds keys no bench wrote; no worker runs, so nothing "
+                             "is delivered). 'embedded' delivers in-process")
     args = parser.parse_args(argv)
     if args.instances < 0 or args.seconds < 0 or (args.instances == 0 and args.seconds == 0):
         parser.error("give a positive --instances or --seconds")
@@ -646,6 +691,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if "postgres" in dbs:
             ensure_postgres(args.pg_url)
+        import adapters
+
+        adapters.load_all()  # the composition root's part, as the API and the CLI do: OA mappings need it
         log("[setup] parsing BPMN/DMN once for the bare engine ...")
         bare_engine = BareEngine()
         bare = Phase("bare engine, SCRIPT_ENGINE, stock serializer", "-",
@@ -683,6 +731,8 @@ def main(argv: list[str] | None = None) -> int:
             r.http_sql = count_sql([db_engine(r.url), db_engine(None)], r.flow.one, args.count_instances)
         print(report(bare, references, runs, dict(bare_engine.state_bytes), args, code_at_start), flush=True)
         print(f"Side effects (outbox rows for in-app notifications): {side_effects}", flush=True)
+        print()
+        print(growth_report(runs, args.signers, log), flush=True)
         if args.profile:
             print()
             print(profile_service(budget, workdir, log))
