@@ -17,11 +17,13 @@ def serve_one(host: str, port: int, *, threads: int) -> None:
     from waitress import serve
 
     from api import create_app
+    from engine import heap
     from engine.outbox.dispatch import redis_url
     from engine.outbox.sweeper import SweeperThread
     from engine.outbox.worker import periodic
 
     app = create_app()
+    heap.settle()
     sweeper = None
     if redis_url() is None:  # embedded mode: no worker runs retries or timers, so this process does
         sweeper = SweeperThread(work=periodic())
@@ -49,7 +51,10 @@ def serve_processes(host: str, port: int, *, processes: int, threads: int) -> No
 
         def load(self):
             from api import create_app
+            from engine import heap
 
-            return create_app()
+            app = create_app()  # in the forked worker
+            heap.settle()
+            return app
 
     _Application().run()

@@ -658,6 +658,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true",
                         help="also profile the service layer on SQLite (cProfile, top 25 cumulative)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    parser.add_argument("--gc", choices=["tuned", "default"], default="tuned",
+                        help="tuned: engine.heap.settle() after set-up, as servers and workers do; default: Python's")
     parser.add_argument("--signers", type=lambda v: [int(n) for n in v.split(",")], default=[5, 50, 200],
                         help="countersign sizes for the growth figures (default 5,50,200)")
     parser.add_argument("--side-effects", choices=["redis", "embedded", "none"], default="redis",
@@ -715,6 +717,10 @@ def main(argv: list[str] | None = None) -> int:
 
             for name in [s.name for s in events.subscriptions_for("task.assigned")]:
                 events.unsubscribe(name)
+        if args.gc == "tuned":
+            from engine import heap
+
+            heap.settle()  # as API processes and workers do once started (engine/heap.py)
         # bare next to the platform rows it is compared with; the reference rows last
         phases = [bare, *(p for r in runs for p in (r.service, r.http)), *references]
         for round_ in range(args.rounds):
@@ -733,6 +739,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Side effects (outbox rows for in-app notifications): {side_effects}", flush=True)
         print()
         print(growth_report(runs, args.signers, log), flush=True)
+        print(f"Garbage collector: {args.gc} (gc thresholds {gc.get_threshold()}, frozen {gc.get_freeze_count()})")
         if args.profile:
             print()
             print(profile_service(budget, workdir, log))

@@ -318,6 +318,9 @@ def worker(queues: str, burst: bool, sweep_interval: float | None) -> None:
         raise click.BadParameter(f"unknown queue(s) {', '.join(unknown)}; use some of {','.join(QUEUES)}"
                                  if unknown else f"no queue given; use some of {','.join(QUEUES)}",
                                  param_hint="--queues")
+    from engine import heap
+
+    heap.settle()
     outbox_worker.run(url, names, burst=burst, sweep_interval=sweep_interval)
 
 
