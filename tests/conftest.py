@@ -25,6 +25,7 @@ from engine.db import Base, get_engine, transaction  # noqa: E402
 from engine.history import Actor  # noqa: E402
 from engine.migrate import upgrade  # noqa: E402
 from engine.org.directory import load_demo_org  # noqa: E402
+from engine.runner import warm  # noqa: E402
 from engine.services.auth import issue_token  # noqa: E402
 from engine.services.deployments import deploy_directory  # noqa: E402
 
@@ -48,6 +49,7 @@ def db(schema):
     """Every test starts with the demo company and the three processes deployed, nothing else, at the
     real time (a test that moved the clock does not move the next one's)."""
     clock.reset()
+    warm.clear()  # workflows kept between commands belong to the previous test's instances
     tables = [t.name for t in reversed(Base.metadata.sorted_tables)]
     with schema.begin() as conn:
         if conn.dialect.name == "postgresql":

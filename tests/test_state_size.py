@@ -36,6 +36,7 @@ def test_ten_reject_loops_keep_the_state_near_its_size_after_one():
 
 
 def test_a_state_saved_with_every_finished_task_loads_continues_and_shrinks(monkeypatch):
+    monkeypatch.setenv("FINFLOW_WARM_INSTANCES", "0")  # each command restores from the row, none kept warm
     iid = start("reimbursement", STARTER, claim("交通", 800, "打车费"))
     with monkeypatch.context() as old_code:
         old_code.setattr(execution, "dump_state", partial(dump_state, pruned=False))

@@ -22,13 +22,13 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from engine import clock, operators, outbox
-from engine.db import jsonable
+from engine.db import after_commit, jsonable
 from engine.errors import Conflict, DeploymentInvalid
 from engine.finance import settlement
 from engine.history import Actor, HistoryRecorder
 from engine.models import HistoryEvent, Instance, InstanceCc, Task, TaskCandidate, Timer
 from engine.org.assignment import resolve_candidates
-from engine.runner import timer_schedule
+from engine.runner import timer_schedule, warm
 from engine.runner.duties import barred_approvers
 from engine.runner.limits import CommandBudget, EngineLimitExceeded
 from engine.runner.model import NodeInfo, ProcessModel
@@ -98,7 +98,8 @@ class InstanceRun:
     def load(cls, session: Session, instance: Instance, model: ProcessModel, actor: Actor) -> InstanceRun:
         if instance.archived_at is not None:  # its workflow state was dropped and its history frozen
             raise Conflict("流程实例已归档，不能再变更", {"instance_id": instance.id}, code="instance_archived")
-        return cls(session, instance, model, load_state(instance.state, model, SCRIPT_ENGINE), actor)
+        workflow = warm.take(instance.id, instance.state) or load_state(instance.state, model, SCRIPT_ENGINE)
+        return cls(session, instance, model, workflow, actor)
 
     # -- commands -----------------------------------------------------------------------------------
 
@@ -613,7 +614,9 @@ class InstanceRun:
     def save(self) -> None:
         """Write the step: one instance insert/update (with the history sequence), then bulk inserts."""
         instance = self.instance
-        instance.state = dump_state(self.workflow)
+        instance.state = state = dump_state(self.workflow)
+        instance_id, workflow = instance.id, self.workflow
+        after_commit(self.session, lambda: warm.keep(instance_id, state, workflow))
         last = self.workflow.last_task
         data = last.data if last is not None else {}
         self._refresh_summary(data)
