@@ -42,6 +42,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         events,
         health,
         instances,
+        metrics,
         notifications,
         oa,
         second_factor,
@@ -53,6 +54,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     for module in (health, definitions, instances, tasks, notifications, budgets, admin, events, deliveries, oa,
                    tokens, security, second_factor):
         api.register_blueprint(module.blp, url_prefix=openapi.PREFIX)
+    app.register_blueprint(metrics.blp)  # GET /metrics (Prometheus), outside /api/v1 and its spec
     for blueprint in adapters.blueprints():  # WeCom callback/OAuth2 and the approver page (/m/…)
         app.register_blueprint(blueprint)
     guards.register(app)

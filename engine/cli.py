@@ -17,6 +17,7 @@ from engine.events import QUEUES
 from engine.history import Actor
 from engine.outbox.models import STATUSES as OUTBOX_STATUSES
 from engine.secrets_cli import secrets_group
+from engine.status_cli import status
 from engine.user_cli import user_group
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -392,5 +393,6 @@ main.add_command(budget)
 main.add_command(audit)
 main.add_command(secrets_group)
 main.add_command(user_group)
+main.add_command(status)
 for _command in _adapter_commands():
     main.add_command(_command)

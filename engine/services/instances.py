@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from engine import metrics
 from engine.errors import Conflict, Forbidden, NotFound, TooManyRequests
 from engine.history import Actor
 from engine.models import HistoryEvent, Instance, ProcessDefinition, ProcessVersion, Task, User
@@ -26,6 +27,7 @@ CANCEL_ROLES = access.roles_granting("administer")
 URGE_INTERVAL = timedelta(hours=1)
 
 
+@metrics.timed("start")
 def start_instance(session: Session, actor: Actor, process_key: str, data: dict[str, Any],
                    business_key: str | None = None) -> Instance:
     latest = session.execute(
@@ -64,6 +66,7 @@ def lock_instance(session: Session, instance_id: str) -> Instance:
     return instance
 
 
+@metrics.timed("withdraw")
 def withdraw_instance(session: Session, actor: Actor, instance_id: str, reason: str | None) -> Instance:
     """撤回: the applicant takes the request back while no approver has acted on it yet, or while it is
     back in the applicant's own hands (returned or rejected to them)."""
@@ -77,6 +80,7 @@ def withdraw_instance(session: Session, actor: Actor, instance_id: str, reason: 
     return _terminate(session, actor, instance, "withdrawn", reason)
 
 
+@metrics.timed("urge")
 def urge_instance(session: Session, actor: Actor, instance_id: str, message: str | None) -> list[Task]:
     """催办: the applicant nudges the current approvers, at most once an hour per task."""
     instance = lock_instance(session, instance_id)
@@ -97,6 +101,7 @@ def urge_instance(session: Session, actor: Actor, instance_id: str, message: str
     return due
 
 
+@metrics.timed("cc")
 def copy_instance(session: Session, actor: Actor, instance_id: str, users: list[str], note: str | None) -> list[str]:
     """抄送 added by the applicant or a current approver: the people may read the instance, not act."""
     instance = lock_instance(session, instance_id)
@@ -129,6 +134,7 @@ def _in_applicants_hands(session: Session, instance: Instance) -> bool:
     return bool(tasks) and all(t.candidates == [instance.starter_id] for t in tasks)
 
 
+@metrics.timed("cancel")
 def cancel_instance(session: Session, actor: Actor, instance_id: str, reason: str | None) -> Instance:
     instance = lock_instance(session, instance_id)
     user = session.get(User, actor.user_id)

@@ -13,6 +13,7 @@ from SpiffWorkflow.exceptions import TaskNotFoundException
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from engine import metrics
 from engine.errors import Conflict, Forbidden, InvalidInput, NotFound
 from engine.history import Actor
 from engine.models import Instance, ProcessVersion, Task, User
@@ -27,6 +28,7 @@ from engine.services.forms import validate_form
 from engine.services.second_factor_policy import need_for
 
 
+@metrics.timed("complete", by_action=True)
 def complete_task(session: Session, actor: Actor, task_id: str, action: str, comment: str | None = None,
                   form_data: dict[str, Any] | None = None, *,
                   otp: str | None | second_factor.InProcess = second_factor.IN_PROCESS) -> tuple[Task, Instance]:
@@ -64,6 +66,7 @@ def _current_data(run: InstanceRun, task: Task, instance: Instance) -> dict[str,
         return instance.data or {}
 
 
+@metrics.timed("transfer")
 def transfer_task(session: Session, actor: Actor, task_id: str, to_user: str, reason: str | None) -> Task:
     instance, task, model = _load_actionable(session, actor, task_id)
     require_active_users(session, [to_user], "to")
@@ -74,6 +77,7 @@ def transfer_task(session: Session, actor: Actor, task_id: str, to_user: str, re
     return task
 
 
+@metrics.timed("delegate")
 def delegate_task(session: Session, actor: Actor, task_id: str, to_user: str, reason: str | None) -> Task:
     instance, task, model = _load_actionable(session, actor, task_id)
     if task.delegation == "pending":
@@ -86,6 +90,7 @@ def delegate_task(session: Session, actor: Actor, task_id: str, to_user: str, re
     return task
 
 
+@metrics.timed("add_signers")
 def add_signers(session: Session, actor: Actor, task_id: str, users: list[str], position: str,
                 reason: str | None) -> Task:
     instance, task, model = _load_actionable(session, actor, task_id)
@@ -104,6 +109,7 @@ def add_signers(session: Session, actor: Actor, task_id: str, users: list[str], 
     return task
 
 
+@metrics.timed("return")
 def return_task(session: Session, actor: Actor, task_id: str, to: str, reason: str | None) -> Instance:
     instance, task, model = _load_actionable(session, actor, task_id)
     run = InstanceRun.load(session, instance, model, actor)
