@@ -6,6 +6,11 @@ A row is due for the sweeper when it is pending and either
 * dispatched but still pending a lease after `next_attempt_at`: the process crashed between commit and
   enqueue, a worker died mid-job, Redis lost the job, the scheduler never fired the retry.
 
+The lease is the last resort. Before claiming, a sweep asks engine.outbox.recovery for the rows whose
+job died with its worker (seconds after the worker's last heartbeat) or with a Redis that lost its
+data, and marks them undispatched, so they are claimed at once; `finflow outbox sweep` does the same.
+Workers also `watch` every few seconds: Redis reads only, and a sweep when they find something.
+
 Claiming is a short transaction that moves `next_attempt_at` and `dispatched_at` to now; the jobs are
 enqueued after it commits. On PostgreSQL the claim uses FOR UPDATE SKIP LOCKED, so any number of
 workers and API processes can sweep at once and each row is claimed by one of them; on SQLite writers
@@ -19,11 +24,12 @@ import threading
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
+from redis.exceptions import RedisError
 from sqlalchemy import and_, or_, select, update
 
 from engine import clock
 from engine.db import is_postgres, transaction
-from engine.outbox import dispatch
+from engine.outbox import dispatch, recovery
 from engine.outbox.models import OutboxMessage
 from engine.outbox.policy import Policy
 
@@ -32,11 +38,18 @@ BATCH = 500
 
 
 def sweep(database_url: str | None = None, *, now: datetime | None = None, batch: int = BATCH,
-          max_batches: int | None = None) -> int:
-    """Re-dispatch every due row (in batches); returns how many were handed to the queue."""
+          max_batches: int | None = None, recover: bool = True) -> int:
+    """Re-dispatch every due row (in batches), after recovering the rows of dead workers and of a Redis
+    that lost its data (unless `recover` is False: the caller just did); returns how many were handed to
+    the queue."""
     if not dispatch.available():
         log.warning("outbox: Redis is unreachable; the sweep waits for it")
         return 0
+    if recover:
+        try:
+            recovery.recover(database_url)
+        except (RedisError, OSError) as exc:  # Redis went away meanwhile: the lease is still there
+            log.warning("outbox: recovery of lost jobs failed: %s", exc)
     total, batches = 0, 0
     while max_batches is None or batches < max_batches:
         rows = claim(database_url, now=now, batch=batch)
@@ -77,13 +90,25 @@ def claim(database_url: str | None = None, *, now: datetime | None = None,
         for r in sorted(claimed, key=lambda r: r.id))
 
 
+def watch(database_url: str | None = None) -> int:
+    """What workers do every few seconds between sweeps: look for dead workers' jobs and a Redis that
+    lost its data (Redis reads only), and sweep at once when there is something to hand over again;
+    returns how many rows were handed over. Nothing in embedded mode or while Redis is unreachable."""
+    if dispatch.redis_url() is None or not dispatch.available():
+        return 0
+    if not recovery.recover(database_url):
+        return 0
+    return sweep(database_url, recover=False)
+
+
 class SweeperThread(threading.Thread):
     """Runs periodic work every `interval` seconds until stopped: in workers, and in `finflow serve` in
-    embedded mode. The work is the outbox sweep unless told otherwise (workers add due timers)."""
+    embedded mode. The work is the outbox sweep unless told otherwise (workers add due timers, and run a
+    second one that watches for dead workers)."""
 
     def __init__(self, interval: float | None = None, database_url: str | None = None,
-                 work: Sequence[Callable[[str | None], object]] = (sweep,)):
-        super().__init__(name="outbox-sweeper", daemon=True)
+                 work: Sequence[Callable[[str | None], object]] = (sweep,), name: str = "outbox-sweeper"):
+        super().__init__(name=name, daemon=True)
         self.interval = Policy.from_env().sweep_interval if interval is None else interval
         self.database_url = database_url
         self.work = tuple(work)
