@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from engine import clock
+from engine import clock, metrics
 from engine.db import is_postgres, transaction
 from engine.history import Actor
 from engine.models import Timer
@@ -33,6 +33,7 @@ def fire_due(url: str | None = None, limit: int = 100) -> int:
     return fired
 
 
+@metrics.timed("timer")
 def fire_timer(timer_id: int, url: str | None = None) -> int:
     """Fire a timer, with any other due timers of its instance, in one transaction; returns how many
     fired (0 when another worker already did, or the timer is obsolete)."""

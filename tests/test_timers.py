@@ -258,3 +258,18 @@ def test_new_timers_are_scheduled_on_rq_at_their_time(monkeypatch):
         assert abs(scheduled - timer.fire_at) < timedelta(seconds=1)
     finally:
         Redis.from_url(redis_url).flushdb()
+
+
+def test_timer_firings_are_timed_in_the_command_latency_metric():
+    from prometheus_client import REGISTRY
+
+    def fired_count() -> float:
+        return REGISTRY.get_sample_value("finflow_command_duration_seconds_count",
+                                         {"operation": "timer", "outcome": "ok"}) or 0.0
+
+    deploy_text("timed", TIMED.replace("{action}", "approve"))
+    start("timed", "suxiaoyun", {})
+    before = fired_count()
+    clock.advance(timedelta(hours=25))
+    assert timers.fire_due() == 1
+    assert fired_count() == before + 1
