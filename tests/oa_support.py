@@ -3,17 +3,14 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-import httpx
 import pytest
 from sqlalchemy import select
-from waitress.server import create_server
 
 import adapters
 from adapters.oa.config import OAConfig
@@ -21,10 +18,10 @@ from adapters.oa.models import OADecision, OARequest, OASubmission
 from adapters.oa.simulator import OASimulator
 from adapters.oa.simulator.cli import DEMO_SECRET, demo_env
 from adapters.oa.users import oa_user_of, sync_links
-from api import create_app
 from engine import clock
 from engine.db import transaction
 from engine.outbox import dispatch, sweeper
+from tests.live_server import serving
 
 
 @dataclass
@@ -83,25 +80,19 @@ def oa_key_file(tmp_path_factory) -> Path:
 @pytest.fixture
 def oa(monkeypatch: pytest.MonkeyPatch, oa_key_file: Path) -> Iterator[OATestbed]:
     adapters.load_all()
-    server = create_server(create_app(), host="127.0.0.1", port=0, threads=8)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{server.effective_port}"
-    sim = OASimulator(callback_url=f"{url}/oa/callback", callback_secret=DEMO_SECRET)
-    sim.start()
-    for name, value in demo_env(sim, oa_key_file, url).items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv("FINFLOW_OA_POLL_SECONDS", "0")
-    monkeypatch.setenv("FINFLOW_OA_RECONCILE_HOUR", "off")
-    monkeypatch.setenv("FINFLOW_OA_TIMEOUT", "2")
-    monkeypatch.setenv("FINFLOW_QUIET_HOURS", "off")
-    deadline = time.monotonic() + 10
-    while httpx.get(f"{url}/api/v1/health", timeout=5).status_code != 200 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    sync_links(OAConfig.from_env())
-    bed = OATestbed(sim, url)
-    yield bed
-    bed.settle()
-    sim.stop()
-    server.close()
-    thread.join(timeout=10)
+    with serving(threads=8) as url:
+        sim = OASimulator(callback_url=f"{url}/oa/callback", callback_secret=DEMO_SECRET)
+        sim.start()
+        for name, value in demo_env(sim, oa_key_file, url).items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.setenv("FINFLOW_OA_POLL_SECONDS", "0")
+        monkeypatch.setenv("FINFLOW_OA_RECONCILE_HOUR", "off")
+        monkeypatch.setenv("FINFLOW_OA_TIMEOUT", "2")
+        monkeypatch.setenv("FINFLOW_QUIET_HOURS", "off")
+        sync_links(OAConfig.from_env())
+        bed = OATestbed(sim, url)
+        try:
+            yield bed
+            bed.settle()
+        finally:
+            sim.stop()

@@ -8,20 +8,18 @@ import csv
 import io
 import os
 import shutil
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from waitress.server import create_server
 
-from api import create_app
 from engine.db import transaction
 from engine.history import Actor
 from engine.services import passwords
 from engine.services.deployments import get_version
 from engine.services.tasks import complete_task
 from tests.helpers import claim, ready, start
+from tests.live_server import serving
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -36,12 +34,8 @@ def site() -> Iterator[str]:
     with transaction() as session:
         for user in ("fengli", "guoxin", "suxiaoyun"):
             passwords.set_password(session, user, PASSWORD)
-    server = create_server(create_app(), host="127.0.0.1", port=0, threads=8)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.effective_port}"
-    server.close()
-    thread.join(timeout=10)
+    with serving(threads=8) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

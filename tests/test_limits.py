@@ -12,9 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
-from waitress import create_server
 
-from api import create_app
 from engine import clock
 from engine.db import transaction
 from engine.errors import DeploymentInvalid
@@ -24,6 +22,7 @@ from engine.runner.limits import MAX_TASK_DEPTH, CommandLimits
 from engine.services.auth import issue_token
 from engine.services.deployments import content_hash, deploy
 from tests.helpers import claim, events, instance, ready, start
+from tests.live_server import serving
 
 HEAD = """<?xml version="1.0" encoding="UTF-8"?>
 <bpmn:definitions xmlns:bpmn="http://www.omg.org/spec/BPMN/20100524/MODEL"
@@ -156,14 +155,8 @@ class LiveServer:
 @pytest.fixture
 def server() -> Iterator[LiveServer]:
     """waitress serving the app on a free port, in this process (so env settings apply), on the test database."""
-    wsgi = create_server(create_app(), host="127.0.0.1", port=0, threads=4)
-    thread = threading.Thread(target=wsgi.run, daemon=True)
-    thread.start()
-    yield LiveServer(f"http://127.0.0.1:{wsgi.effective_port}")
-    wsgi.trigger.pull_trigger(wsgi.close)  # closed from its own loop, which then ends
-    thread.join(timeout=10)
-    wsgi.task_dispatcher.shutdown()
-    assert not thread.is_alive()
+    with serving(threads=4) as url:
+        yield LiveServer(url)
 
 
 @dataclass

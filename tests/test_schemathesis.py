@@ -13,18 +13,15 @@ import os
 import re
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
-from waitress.server import create_server
 
-from api import create_app
 from engine.db import transaction
 from engine.services.auth import issue_token
+from tests.live_server import serving
 
 ST = Path(sys.executable).with_name("st")
 CHECKS = "not_a_server_error,response_schema_conformance,status_code_conformance,content_type_conformance"
@@ -46,16 +43,8 @@ RUN_TIMEOUT = 80  # seconds per run: a hang fails the test instead of the suite
 @pytest.fixture
 def live_api() -> Iterator[str]:
     """The API on 127.0.0.1:<free port>, served by waitress in a thread; stopped after the test."""
-    server = create_server(create_app(), host="127.0.0.1", port=0, threads=4)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{server.effective_port}/api/v1"
-    deadline = time.monotonic() + 10
-    while httpx.get(f"{base}/health", timeout=5).status_code != 200 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    yield base
-    server.close()
-    thread.join(timeout=10)
+    with serving(threads=4) as url:
+        yield f"{url}/api/v1"
 
 
 def _token(user_id: str) -> str:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import threading
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ import pytest
 from api import create_app
 from engine.db import transaction
 from engine.services import passwords
+from tests.live_server import serving
 
 WEB = Path(__file__).resolve().parent.parent / "api"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -149,30 +149,21 @@ def test_no_script_of_ours_needs_eval(script):
 @pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="chromium is installed by scripts/browser.sh")
 def test_pages_raise_no_csp_violation_in_chromium():
     from playwright.sync_api import sync_playwright
-    from waitress.server import create_server
 
     with transaction() as session:
         passwords.set_password(session, "luyao", "headers-pass-2026")
-    server = create_server(create_app(), host="127.0.0.1", port=0, threads=4)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    site = f"http://127.0.0.1:{server.effective_port}"
-    try:
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                                 args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
-            page = browser.new_page()
-            refused: list[str] = []
-            page.on("console", lambda m: refused.append(m.text) if "Content Security Policy" in m.text else None)
-            page.goto(f"{site}/api/v1/docs")
-            page.wait_for_selector(".swagger-ui .opblock", timeout=30_000)  # Swagger UI started from its file
-            page.goto(f"{site}/login?next=/designer/reimbursement/1")
-            page.fill("input[name=login]", "luyao")
-            page.fill("input[name=password]", "headers-pass-2026")
-            page.click("form[action='/login'] button[type=submit]")
-            page.wait_for_selector("body[data-modeler=ready]", timeout=30_000)  # bpmn-js and designer.js ran
-            browser.close()
-    finally:
-        server.close()
-        thread.join(timeout=10)
+    with serving(threads=4) as site, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                             args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+        page = browser.new_page()
+        refused: list[str] = []
+        page.on("console", lambda m: refused.append(m.text) if "Content Security Policy" in m.text else None)
+        page.goto(f"{site}/api/v1/docs")
+        page.wait_for_selector(".swagger-ui .opblock", timeout=30_000)  # Swagger UI started from its file
+        page.goto(f"{site}/login?next=/designer/reimbursement/1")
+        page.fill("input[name=login]", "luyao")
+        page.fill("input[name=password]", "headers-pass-2026")
+        page.click("form[action='/login'] button[type=submit]")
+        page.wait_for_selector("body[data-modeler=ready]", timeout=30_000)  # bpmn-js and designer.js ran
+        browser.close()
     assert refused == []

@@ -3,19 +3,16 @@ and (when a test needs callbacks or the approver page) finflow's HTTP server on 
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import httpx
 import pytest
-from waitress.server import create_server
 
 import adapters
 from adapters.wecom.config import WeComConfig
 from adapters.wecom.simulator import Simulator
-from api import create_app
+from tests.live_server import serving
 
 
 @dataclass
@@ -48,16 +45,8 @@ def wecom(monkeypatch: pytest.MonkeyPatch) -> Iterator[WeComTestbed]:
 @pytest.fixture
 def live_finflow(wecom: WeComTestbed, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """finflow's app under waitress on a free port; the simulator's callbacks and the cards' links go there."""
-    server = create_server(create_app(), host="127.0.0.1", port=0, threads=8)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{server.effective_port}"
-    wecom.config = wecom.sim.config(url)
-    wecom.finflow_url, wecom.sim.callback_url = url, f"{url}/wecom/callback"
-    point_finflow_at(monkeypatch, wecom.config)
-    deadline = time.monotonic() + 10
-    while httpx.get(f"{url}/api/v1/health", timeout=5).status_code != 200 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    yield url
-    server.close()
-    thread.join(timeout=10)
+    with serving(threads=8) as url:
+        wecom.config = wecom.sim.config(url)
+        wecom.finflow_url, wecom.sim.callback_url = url, f"{url}/wecom/callback"
+        point_finflow_at(monkeypatch, wecom.config)
+        yield url
