@@ -42,6 +42,8 @@ class PageMetaSchema(Schema):
     total = fields.Integer()
     page = fields.Integer()
     per_page = fields.Integer()
+    total_estimated = fields.Boolean(metadata={"description": "true: `total` is a lower bound (counting stops at "
+                                                              "10,000, or at the page asked for) or an estimate"})
 
 
 # -- definitions ------------------------------------------------------------------------------------
@@ -214,7 +216,8 @@ class ReasonSchema(StrictSchema):
 
 
 class TaskListArgsSchema(PageArgsSchema):
-    mine = fields.Boolean(load_default=False)
+    mine = fields.Boolean(load_default=False, metadata={
+        "description": "the caller's to-do list: open tasks they are a candidate for (with `status`, that status)"})
     instance_id = fields.String()
     status = fields.String(validate=validate.OneOf(["ready", "waiting", "completed", "cancelled"]))
     overdue = fields.Boolean(load_default=False, metadata={"description": "only open tasks past their due time"})

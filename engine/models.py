@@ -193,13 +193,18 @@ class Instance(Base):
         Index("ix_instances_process_status", "process_key", "status"),
         Index("ix_instances_started_at", "started_at"),
         Index("ix_instances_version_status", "version_id", "status"),  # per-version statistics
+        # lists newest first within one arm of the data scope (engine.services.queries): the applicant's
+        # own, a department's, one status; each page is a short backward range scan, whatever the table's size
+        Index("ix_instances_starter_started", "starter_id", "started_at"),
+        Index("ix_instances_department_started", "department_id", "started_at"),
+        Index("ix_instances_status_started", "status", "started_at"),
     )
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     process_key: Mapped[str] = mapped_column(String(64))
     version_id: Mapped[int] = mapped_column(ForeignKey("process_versions.id"))
     business_key: Mapped[str | None] = mapped_column(String(128), index=True)
-    starter_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)
-    department_id: Mapped[str | None] = mapped_column(String(64), index=True)  # the starter's, when started
+    starter_id: Mapped[str] = mapped_column(ForeignKey("users.id"))
+    department_id: Mapped[str | None] = mapped_column(String(64))  # the starter's, when started
     status: Mapped[str] = mapped_column(String(16))  # running | completed | withdrawn | cancelled | failed
     outcome: Mapped[str | None] = mapped_column(String(16))  # approved | rejected
     title: Mapped[str | None] = mapped_column(String(255))
@@ -227,7 +232,8 @@ class Task(Base):
     """
 
     __tablename__ = "tasks"
-    __table_args__ = (Index("ix_tasks_status_created", "status", "created_at"),)
+    __table_args__ = (Index("ix_tasks_status_created", "status", "created_at"),  # to-do lists: open rows only
+                      Index("ix_tasks_assignee_completed", "assignee_id", "completed_at"))  # 已办, newest first
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     spiff_task_id: Mapped[str] = mapped_column(String(36), index=True)
     activation: Mapped[str] = mapped_column(String(32), index=True)
@@ -264,8 +270,10 @@ class Task(Base):
 
 class TaskCandidate(Base):
     __tablename__ = "task_candidates"
+    # a user's tasks as an index-only scan: the instances they were asked about, without the heap
+    __table_args__ = (Index("ix_task_candidates_user_task", "user_id", "task_id"),)
     task_id: Mapped[str] = mapped_column(ForeignKey("tasks.id"), primary_key=True)
-    user_id: Mapped[str] = mapped_column(String(64), primary_key=True, index=True)
+    user_id: Mapped[str] = mapped_column(String(64), primary_key=True)
 
 
 class HistoryColumns:
