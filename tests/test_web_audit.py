@@ -127,3 +127,16 @@ def test_version_statistics_count_nodes_time_rejections_and_flows(app, logins, i
     assert "50.0%" in row  # one of the two decisions there was a rejection
     assert logged_in(app, EMPLOYEE).get("/audit/processes/reimbursement/1").status_code == 403
     assert logged_in(app, AUDITOR).get("/audit/processes/reimbursement/99").status_code == 404
+
+
+def test_a_capped_count_is_shown_as_an_estimate_and_still_pages_on(app, logins, monkeypatch):
+    from engine.services import queries
+
+    monkeypatch.setattr(queries, "COUNT_CAP", 1)  # counts stop at the page's last row: 20 of 21 here
+    for n in range(21):
+        start("reimbursement", STARTER, claim("办公", 100 + n))
+    client = logged_in(app, AUDITOR)
+    first = client.get("/audit?process_key=reimbursement")
+    assert "共 约 20 条" in first.text and "下一页" in first.text
+    second = client.get("/audit?process_key=reimbursement&page=2")
+    assert "共 21 条" in second.text and "下一页" not in second.text and "约" not in second.text
