@@ -124,9 +124,20 @@ def history_reads(session, url: str) -> dict[str, Callable[[], Any]]:
         "search: status withdrawn": lambda: queries.search_instances(session, auditor, status="withdrawn"),
         "search: applicant + status": lambda: queries.search_instances(
             session, auditor, starter=sample.starter_id, status="completed"),
-        f"per-node statistics ({version.process_key} v{version.version})": lambda: statistics.version_statistics(
-            session, version_id, model),
+        f"per-node statistics ({version.process_key} v{version.version}, {unfolded_events(session):,} events "
+        "unfolded)": lambda: statistics.version_statistics(session, version_id, model),
     }
+
+
+def unfolded_events(session) -> int:
+    """History rows the statistics rollups have not folded yet (engine.services.rollups.fold): the live tail
+    the per-node statistics read beside the rollups (all of the history if the fold never ran)."""
+    from engine.models import HistoryEvent, StatisticsWatermark
+    from engine.services import rollups
+
+    folded = session.scalar(select(StatisticsWatermark.folded_to).where(StatisticsWatermark.name == rollups.STATE))
+    top = session.scalar(select(func.max(HistoryEvent.id))) or 0
+    return max(0, top - (folded or 0))
 
 
 def bench_history(url: str, runs: int, show_plans: bool) -> list[str]:

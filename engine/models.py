@@ -16,6 +16,7 @@ from sqlalchemy import (
     Boolean,
     Date,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -515,3 +516,58 @@ class SecondFactorAttempt(Base):
     succeeded: Mapped[bool] = mapped_column(Boolean)
     purpose: Mapped[str] = mapped_column(String(32))  # approve | field_change | confirm | disable
     client_ip: Mapped[str | None] = mapped_column(String(64))
+
+
+# -- per-version statistics rollups (engine.services.rollups) ---------------------------------------------
+
+class StatisticsWatermark(Base):
+    """How far the statistics rollups have folded the history (engine.services.rollups): every history id
+    up to `folded_to` is in the rollups, except those in `gaps` (ids not visible when the fold passed them:
+    a transaction still open, or rolled back), which later folds look at again. `epoch` grows with every
+    fold, so a reader can tell that it read the rollups and this row from one state."""
+
+    __tablename__ = "statistics_watermark"
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    folded_to: Mapped[int] = mapped_column(BigInteger, default=0)
+    gaps: Mapped[list[list[Any]]] = mapped_column(JSON, default=list)  # [first id, last id, seen at, xmax]
+    epoch: Mapped[int] = mapped_column(BigInteger, default=0)
+    events: Mapped[int] = mapped_column(BigInteger, default=0)  # history rows folded in all
+    folded_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+
+class NodeRollup(Base):
+    """One node of one version, added up over the folded history: instances that reached it, passes
+    through it, its decided and rejected tasks and the sum of their durations (the average's numerator)."""
+
+    __tablename__ = "node_rollups"
+    version_id: Mapped[int] = mapped_column(ForeignKey("process_versions.id"), primary_key=True)
+    node_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    instances: Mapped[int] = mapped_column(BigInteger, default=0)
+    tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    decided: Mapped[int] = mapped_column(BigInteger, default=0)
+    rejected: Mapped[int] = mapped_column(BigInteger, default=0)
+    seconds: Mapped[float] = mapped_column(Float, default=0.0)  # sum of the decided tasks' durations
+
+
+class NodeDurationBucket(Base):
+    """How many decided tasks of a node took a duration in one logarithmic bucket (the p90's histogram,
+    engine.services.rollups.bucket_of)."""
+
+    __tablename__ = "node_duration_buckets"
+    version_id: Mapped[int] = mapped_column(ForeignKey("process_versions.id"), primary_key=True)
+    node_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    bucket: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tasks: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class FlowRollup(Base):
+    """How often the gateway decisions of a version took a sequence flow, over the folded history."""
+
+    __tablename__ = "flow_rollups"
+    version_id: Mapped[int] = mapped_column(ForeignKey("process_versions.id"), primary_key=True)
+    flow_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    taken: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+# the folds read archived history by id as they read the live table (engine.services.rollups)
+Index("ix_history_archive_id", HistoryArchive.__table__.c.id)

@@ -41,6 +41,7 @@ from engine.audit.anchors import anchor_due
 from engine.events import QUEUES
 from engine.outbox.policy import Policy
 from engine.outbox.sweeper import SweeperThread, sweep, watch
+from engine.services import rollups
 
 log = logging.getLogger("finflow.outbox")
 RESTART_DELAYS = (1, 2, 5, 10, 30)  # seconds before the 1st, 2nd, ... restart of a work loop that broke
@@ -48,8 +49,8 @@ STABLE_SECONDS = 300  # a work loop that ran this long resets the restart delays
 PROBE_SECONDS = 0.5  # while Redis is down, seconds between PINGs
 
 # What workers (and an embedded API process) do every sweep interval; anchor_due reads one row when
-# yesterday is anchored already.
-PERIODIC = (sweep, timers.fire_due, anchor_due)
+# yesterday is anchored already, fold_sweep one row when no history came in.
+PERIODIC = (sweep, timers.fire_due, anchor_due, rollups.fold_sweep)
 
 
 def periodic() -> tuple:

@@ -1,21 +1,26 @@
 """Per-version process statistics (the auditor's 流程统计 and its heatmap, like Camunda Cockpit's): how
 many instances reached each node, the time spent there (average and p90, from the task rows), the
 slowest node, the rejection rate, how many open tasks are overdue, and how often each sequence flow was
-taken — all index-backed reads of the task rows and the history, never the engine state."""
+taken — never from the engine state.
+
+What only grows with the history (instances and passes per node, decided and rejected tasks and their
+durations, flows taken) comes from the rollups (engine.services.rollups: folded figures plus the rows not
+folded yet, exact either way); what changes in place is read live and is small by nature: the open tasks
+(ix_tasks_status_created) and the instances by status (ix_instances_version_status). The p90 is read from
+a per-node histogram, within rollups.MAX_RELATIVE_ERROR (1.1 %) of the exact value; the rest is exact.
+"""
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass, field
 
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from engine import clock
-from engine.db import is_postgres
-from engine.models import HistoryEvent, Instance, Task
+from engine.models import Instance, Task
 from engine.runner.model import ProcessModel
-from engine.services.progress import ENGINE_STEPS
+from engine.services import rollups
 
 OPEN = ("ready", "waiting")
 
@@ -27,7 +32,7 @@ class NodeStats:
     instances: int = 0  # instances that reached it
     tokens: int = 0  # passes through it (a loop counts each)
     average_seconds: float | None = None
-    p90_seconds: float | None = None
+    p90_seconds: float | None = None  # within rollups.MAX_RELATIVE_ERROR of the exact p90
     rejected: int = 0
     decided: int = 0
     overdue: int = 0
@@ -52,81 +57,40 @@ class VersionStats:
 
 
 def version_statistics(session: Session, version_id: int, model: ProcessModel) -> VersionStats:
-    in_version = select(Instance.id).where(Instance.version_id == version_id).scalar_subquery()
+    """The statistics of one version; read-only, a few index reads whatever the history's size."""
     by_status = dict(session.execute(select(Instance.status, func.count()).where(Instance.version_id == version_id)
                                      .group_by(Instance.status)).all())
     stats = VersionStats(sum(by_status.values()), by_status)
     for node_id, node in model.nodes.items():
         stats.nodes[node_id] = NodeStats(node_id, node.name)
-    _task_figures(session, in_version, stats)
-    _history_figures(session, in_version, stats, model, version_id)
+    _history_figures(stats, model, rollups.version_figures(session, version_id), version_id)
+    _open_tasks(session, version_id, stats)
     return stats
 
 
-def _seconds_between(session: Session, start, end):
-    """`end - start` in seconds, computed by the database (converting 10,000s of timestamps to Python
-    datetimes and back is most of what reading them costs)."""
-    if is_postgres(session):
-        return func.extract("epoch", end - start)
-    return (func.julianday(end) - func.julianday(start)) * 86400.0
-
-
-def _task_figures(session: Session, in_version, stats: VersionStats) -> None:
-    durations: dict[str, list[float]] = defaultdict(list)
-    overdue = (Task.due_at.is_not(None)) & (Task.due_at < clock.now())
-    rows = session.execute(select(Task.node_id, Task.status, Task.action,
-                                  _seconds_between(session, Task.created_at, Task.completed_at), overdue)
-                           .where(Task.instance_id.in_(in_version)))
-    for node_id, status, action, seconds, late in rows:
-        node = stats.nodes.get(node_id)
-        if node is None:
+def _history_figures(stats: VersionStats, model: ProcessModel, figures: rollups.Figures, version_id: int) -> None:
+    for (_version, node_id), node in figures.nodes.items():
+        target = stats.nodes.get(node_id)
+        if target is None:
             continue
-        if status == "completed" and seconds is not None:
-            durations[node_id].append(float(seconds))
-            node.decided += 1
-            node.rejected += action == "reject"
-        elif status in OPEN:
-            node.waiting += 1
-            node.overdue += bool(late)
-    for node_id, values in durations.items():
-        values.sort()
-        stats.nodes[node_id].average_seconds = sum(values) / len(values)
-        stats.nodes[node_id].p90_seconds = values[min(len(values) - 1, int(0.9 * len(values)))]
-
-
-# The flows each gateway decision took, counted by the database: decoding tens of thousands of JSON
-# payloads in Python is what made this page slow. The JSON functions differ by dialect.
-_GATEWAY_FLOWS = {
-    "postgresql": "SELECT taken->>'flow_id', count(*) FROM history_events h "
-                  "CROSS JOIN LATERAL json_array_elements(h.payload->'taken') taken "
-                  "WHERE h.type = 'gateway.decision' AND h.instance_id IN "
-                  "(SELECT id FROM instances WHERE version_id = :version) GROUP BY 1",
-    "sqlite": "SELECT json_extract(taken.value, '$.flow_id'), count(*) FROM history_events h, "
-              "json_each(h.payload, '$.taken') taken WHERE h.type = 'gateway.decision' AND h.instance_id IN "
-              "(SELECT id FROM instances WHERE version_id = :version) GROUP BY 1",
-}
-
-
-def _gateway_flows(session: Session, version_id: int) -> dict[str, int]:
-    sql = _GATEWAY_FLOWS[session.get_bind().dialect.name]
-    return {flow: count for flow, count in session.execute(text(sql), {"version": version_id}) if flow}
-
-
-def _history_figures(session: Session, in_version, stats: VersionStats, model: ProcessModel,
-                     version_id: int) -> None:
-    passing = HistoryEvent.type.in_(sorted(ENGINE_STEPS | {"task.created"}))  # one per pass through a node
-    # per (node, instance) first, then per node: a hash aggregate, where count(DISTINCT) would sort
-    visits = (select(HistoryEvent.node_id, func.count().filter(passing).label("passes"))
-              .where(HistoryEvent.instance_id.in_(in_version), HistoryEvent.node_id.is_not(None))
-              .group_by(HistoryEvent.node_id, HistoryEvent.instance_id).subquery())
-    per_node = session.execute(select(visits.c.node_id, func.count(), func.sum(visits.c.passes))
-                               .group_by(visits.c.node_id))
-    for node_id, instances, tokens in per_node:
-        if node_id in stats.nodes:
-            stats.nodes[node_id].instances, stats.nodes[node_id].tokens = instances, int(tokens or 0)
-    chosen = _gateway_flows(session, version_id)
+        target.instances, target.tokens = node.instances, node.tokens
+        target.decided, target.rejected = node.decided, node.rejected
+        target.average_seconds, target.p90_seconds = node.average_seconds, node.p90_seconds
     gateways = {n for n, node in model.nodes.items() if node.chooses_flows}
     for (source, _target), flow in model.flows.items():
         source_stats = stats.nodes.get(source)
-        taken = chosen.get(flow.id, 0) if source in gateways else (source_stats.tokens if source_stats else 0)
+        taken = (figures.flows.get((version_id, flow.id), 0) if source in gateways
+                 else (source_stats.tokens if source_stats else 0))
         stats.flows[flow.id] = taken
+
+
+def _open_tasks(session: Session, version_id: int, stats: VersionStats) -> None:
+    """Waiting and overdue tasks per node: the open rows (a few hundred, from ix_tasks_status_created)
+    of the version's instances."""
+    late = func.count().filter(Task.due_at.is_not(None) & (Task.due_at < clock.now()))
+    rows = session.execute(select(Task.node_id, func.count(), late).join(Instance, Instance.id == Task.instance_id)
+                           .where(Task.status.in_(OPEN), Instance.version_id == version_id).group_by(Task.node_id))
+    for node_id, waiting, overdue in rows:
+        node = stats.nodes.get(node_id)
+        if node is not None:
+            node.waiting, node.overdue = waiting, overdue
