@@ -214,12 +214,14 @@ def worker_env(url: str, redis_url: str, **extra: str) -> dict[str, str]:
             "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
 
 
-def start_worker(options: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
+def start_worker(options: list[str], env: dict[str, str], log_path: Path, nice: int = 0) -> subprocess.Popen:
     """One `finflow worker` writing to its own log, in a new session so that stop_processes reaches the
-    processes it forks too."""
+    processes it forks too; `nice` lowers its CPU priority (and its work horses', which inherit it), as
+    `nice -n N finflow worker` or systemd's Nice= would on a host shared with the API."""
     with open(log_path, "ab") as out:
         return subprocess.Popen([str(FINFLOW), "worker", *options], cwd=ROOT, env=env, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+                                stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=(lambda: os.nice(nice)) if nice else None)
 
 
 def listening_workers(connection: redis.Redis, pids: set[int]) -> int:

@@ -7,7 +7,7 @@ its PostgreSQL plans hold a sequential scan on instances, tasks, task_candidates
     python bench/history_bench.py --database-url postgresql+psycopg://postgres@127.0.0.1/finflow_scale
 
 The lists are timed twice, `GET /instances?per_page=20` and `GET /tasks?mine=true` through the Flask test
-client: with the list queries as committed (`git show HEAD:engine/services/queries.py`, loaded as a module,
+client: with the list queries of `--before` (default: the commit before they were rebuilt, loaded as a module,
 so "before" is the old SQL on the same database) and with the working tree's; the ratio is before / after.
 """
 
@@ -90,12 +90,15 @@ class Plans:
         return plans, seq
 
 
-def old_queries() -> types.ModuleType:
-    """engine/services/queries.py as committed (HEAD): the list queries before this change."""
-    source = subprocess.run(["git", "show", "HEAD:engine/services/queries.py"], cwd=ROOT, check=True,
+BEFORE = "bd6d6fa"  # the last commit before the lists were rebuilt on index ranges (issue 19)
+
+
+def old_queries(ref: str) -> types.ModuleType:
+    """engine/services/queries.py as of commit `ref`: the list queries to compare with."""
+    source = subprocess.run(["git", "show", f"{ref}:engine/services/queries.py"], cwd=ROOT, check=True,
                             capture_output=True, text=True).stdout
     module = types.ModuleType("queries_head")
-    module.__file__ = "HEAD:engine/services/queries.py"
+    module.__file__ = f"{ref}:engine/services/queries.py"
     sys.modules[module.__name__] = module  # dataclasses look their module up
     exec(compile(source, module.__file__, "exec"), module.__dict__)  # noqa: S102 — our own committed file
     return module
@@ -159,7 +162,7 @@ def bench_history(url: str, runs: int, show_plans: bool) -> list[str]:
     return lines
 
 
-def bench_lists(url: str, runs: int) -> list[str]:
+def bench_lists(url: str, runs: int, before_ref: str) -> list[str]:
     """GET /instances?per_page=20 and GET /tasks?mine=true per role, old queries vs new."""
     import api.routes.instances as instance_routes
     import api.routes.tasks as task_routes
@@ -171,7 +174,7 @@ def bench_lists(url: str, runs: int) -> list[str]:
     client = create_app({"TESTING": True}).test_client()
     with transaction(url) as session:
         tokens = {role: issue_token(session, user, "history bench") for role, user in ROLES.items()}
-    old = old_queries()
+    old = old_queries(before_ref)
     lines = ["| list | role | before p50 / p99 ms | after p50 / p99 ms | p50 ratio | p99 ratio "
              "| total before → after |",
              "|---|---|---:|---:|---:|---:|---|"]
@@ -211,6 +214,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--database-url", required=True, help="a database seeded by bench/seed_history.py")
     parser.add_argument("--runs", type=int, default=200, help="timed calls per read (fewer for slow ones)")
+    parser.add_argument("--before", default=BEFORE, help=f"the commit whose list queries are 'before' (default "
+                        f"{BEFORE}, the last one before the lists were rebuilt)")
     parser.add_argument("--plans", action="store_true", help="print every EXPLAIN (ANALYZE, BUFFERS) to stderr")
     args = parser.parse_args(argv)
     url = normalize_database_url(args.database_url)
@@ -222,7 +227,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"database: {sizes(url)}; {args.runs} timed calls each\n")
     print("\n".join(bench_history(url, args.runs, args.plans)))
     print()
-    print("\n".join(bench_lists(url, args.runs)))
+    print("\n".join(bench_lists(url, args.runs, args.before)))
 
 
 if __name__ == "__main__":

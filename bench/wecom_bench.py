@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -35,6 +37,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import common  # noqa: E402
 import httpx  # noqa: E402
+from redis_guard import flush_own  # noqa: E402
 from sqlalchemy import delete, func, select, update  # noqa: E402
 
 from adapters.wecom.crypto import MsgCrypt  # noqa: E402
@@ -100,6 +103,11 @@ def main() -> None:
                         help="the API processes and the clicker on CPU 0, the rest (workers, simulator, PostgreSQL, "
                              "Redis) on the others: a stand-in for API hosts of their own (root, for the services)")
     parser.add_argument("--orsign-clicks", type=int, default=200, help="or-sign decisions whose other cards are timed")
+    parser.add_argument("--worker-nice", type=int, default=0,
+                        help="niceness of the workers that apply the burst (e.g. 19: the API's callbacks first, "
+                             "as on a host the API shares with workers started with `nice -n 19 finflow worker`)")
+    parser.add_argument("--burst-only", action="store_true",
+                        help="skip the 1-worker card rate and the or-sign part: the backlog's cards, then the burst")
     args = parser.parse_args()
     children: list[subprocess.Popen] = []
     split = SplitCpus() if args.split_cpus else None
@@ -145,6 +153,40 @@ class SplitCpus:
                 continue
 
 
+NICED_APP = "finflow-bench-worker"
+
+
+class SessionsNiced(threading.Thread):
+    """Gives the PostgreSQL backends of the niced workers (found by application_name, set with PGAPPNAME)
+    the workers' niceness, every half second while the burst runs: on separate hosts the apply work's
+    database load could not slow the callbacks' commits either. Needs root (the backends are postgres's)."""
+
+    def __init__(self, url: str, nice: int):
+        super().__init__(daemon=True)
+        self.url, self.nice, self.done, self.niced = url, nice, threading.Event(), set()
+        if os.geteuid() == 0:
+            self.start()
+
+    @property
+    def count(self) -> int:
+        return len(self.niced)
+
+    def run(self) -> None:
+        from sqlalchemy import text
+
+        while not self.done.wait(0.5):
+            with transaction(self.url, readonly=True) as session:
+                pids = set(session.scalars(text("SELECT pid FROM pg_stat_activity WHERE application_name = :app"),
+                                           {"app": NICED_APP}))
+            for pid in pids - self.niced:
+                with contextlib.suppress(ProcessLookupError):
+                    os.setpriority(os.PRIO_PROCESS, pid, self.nice)
+                    self.niced.add(pid)
+
+    def stop(self) -> None:
+        self.done.set()
+
+
 def run(args: argparse.Namespace, children: list[subprocess.Popen], split: SplitCpus | None) -> None:
     from adapters.wecom.client import WeComClient
     from adapters.wecom.simulator import Simulator
@@ -176,7 +218,7 @@ def run(args: argparse.Namespace, children: list[subprocess.Popen], split: Split
         sent += 1
     sim_rate = sent / (time.perf_counter() - t0)
     sim.clear()
-    redis.flushdb()
+    flush_own(redis, REDIS_URL)  # keeps the mark: the next run may empty it again
 
     # 1. the backlog: one manager card per reimbursement, its jobs held back
     backlog = max(args.tasks, int(args.click_rate * args.click_seconds))
@@ -189,7 +231,7 @@ def run(args: argparse.Namespace, children: list[subprocess.Popen], split: Split
     print(f"backlog: {backlog} reimbursements started in {time.perf_counter() - t0:.0f} s")
     env = common.worker_env(url, REDIS_URL, **config.env())
     log = WORKDIR / "workers.log"
-    for worker_count in (1, 2):
+    for worker_count in ((2,) if args.burst_only else (1, 2)):
         with transaction(url) as session:
             session.execute(delete(WeComCard))
             session.execute(update(OutboxMessage).where(OutboxMessage.subscription == "wecom.cards").values(
@@ -197,7 +239,7 @@ def run(args: argparse.Namespace, children: list[subprocess.Popen], split: Split
             rows = [tuple(r) for r in session.execute(select(OutboxMessage.id, OutboxMessage.queue).where(
                 OutboxMessage.subscription == "wecom.cards"))]
         sim.clear()
-        redis.flushdb()
+        flush_own(redis, REDIS_URL)  # keeps the mark: the next run may empty it again
         workers = [common.start_worker(["--queues", "channels"], env, log) for _ in range(worker_count)]
         children.extend(workers)
         wait(lambda c=worker_count, w=workers: common.listening_workers(redis, {p.pid for p in w}) == c, 30, "workers")
@@ -217,8 +259,10 @@ def run(args: argparse.Namespace, children: list[subprocess.Popen], split: Split
                                    "--processes", str(args.api_processes)], cwd=ROOT,
                                   preexec_fn=split.api_side if split else None,
                                   env=env, stdout=serve_log, stderr=subprocess.STDOUT, start_new_session=True)
-    workers = [common.start_worker(["--queues", "channels"], env, log) for _ in range(2)]
+    workers = [common.start_worker(["--queues", "channels"], {**env, "PGAPPNAME": NICED_APP}, log,
+                                   nice=args.worker_nice) for _ in range(2)]
     children.extend([server, *workers])
+    renice = SessionsNiced(url, args.worker_nice) if args.worker_nice else None
     wait(lambda: _answers(f"http://127.0.0.1:{port}/api/v1/health"), 30, "finflow serve to answer")
     planned = approvals(url, WeComCard.user_id == MANAGER)
     plan = {"url": sim.callback_url, "rate": args.click_rate, "clicks": planned, "token": config.token,
@@ -228,10 +272,14 @@ def run(args: argparse.Namespace, children: list[subprocess.Popen], split: Split
     bad = sum(1 for r in results for a in r["attempts"] if a["status"] != 200)
     wait(lambda: count(url, WeComCallback, WeComCallback.status.not_in(PENDING)) >= len(planned), 1200,
          "every click applied")
+    if renice:
+        renice.stop()
     ack = common.spread(acks)
     print(f"callbacks: {len(acks)} POSTs ({len(acks) - len(planned)} WeCom retries) at {args.click_rate:.0f}/s "
           f"for {len(planned) / args.click_rate:.0f} s: ack p50 {ack['p50']:.1f} ms, p99 {ack['p99']:.1f} ms, "
           f"max {ack['max']:.1f} ms; non-200 answers: {bad} ({args.api_processes} API process(es), 2 workers"
+          f"{f' at nice {args.worker_nice}' if args.worker_nice else ''}"
+          f"{f' with their {renice.count} PostgreSQL sessions' if renice and renice.count else ''}"
           f"{', API and clicker on a CPU of their own' if split else ', all on the same CPUs'})")
     sent_at = {r["task_id"]: r["attempts"][0]["sent"] for r in results}
     with transaction(url, readonly=True) as session:
@@ -256,6 +304,10 @@ def run(args: argparse.Namespace, children: list[subprocess.Popen], split: Split
     print(f"the burst replayed byte for byte (WeCom's retries), {len(replayed)} POSTs at {args.click_rate:.0f}/s, "
           f"workers stopped: ack p50 {ack['p50']:.1f} ms, p99 {ack['p99']:.1f} ms, max {ack['max']:.1f} ms; "
           f"callbacks stored again: {added}")
+    if args.burst_only:
+        common.stop_processes([server])
+        sim.stop()
+        return
     workers = [common.start_worker(["--queues", "channels"], env, log) for _ in range(2)]
     children.extend(workers)
 
