@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import platform
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -53,6 +54,13 @@ def spread(samples: list[float]) -> dict[str, float]:
     """p50, p90, p99 and max of latency samples in ms, the figures both reports print (nan when none)."""
     return {"p50": percentile(samples, 50), "p90": percentile(samples, 90), "p99": percentile(samples, 99),
             "max": max(samples, default=float("nan"))}
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago, for a server the bench starts."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def wait_until(predicate: Callable[[], object], timeout: float) -> bool:

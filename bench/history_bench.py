@@ -30,7 +30,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 if "FINFLOW_DATA_DIR" not in os.environ:
     os.environ["FINFLOW_DATA_DIR"] = tempfile.mkdtemp(prefix="finflow-history-bench-")
+sys.path.insert(0, str(ROOT / "bench"))
 
+from common import percentile  # noqa: E402
 from sqlalchemy import event, func, select, text  # noqa: E402
 
 from engine.config import normalize_database_url  # noqa: E402
@@ -38,12 +40,6 @@ from engine.config import normalize_database_url  # noqa: E402
 BIG_TABLES = ("instances", "tasks", "task_candidates", "history_events")
 ROLES = {"employee": "suxiaoyun", "manager": "sunpeng", "department head": "huangmin", "finance": "yangxue",
          "auditor": "fengli"}
-
-
-def percentile(values: list[float], pct: float) -> float:
-    """Nearest-rank percentile: always a measured value."""
-    ordered = sorted(values)
-    return ordered[max(0, -(-len(ordered) * pct // 100) - 1)] if ordered else float("nan")
 
 
 def timed(call: Callable[[], Any], runs: int) -> list[float]:
@@ -220,7 +216,6 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     url = normalize_database_url(args.database_url)
     os.environ["DATABASE_URL"] = url
-    sys.path.insert(0, str(ROOT / "bench"))
     from common import header, postgres_version
 
     print(header("History at scale", [("PostgreSQL", postgres_version(url))]))

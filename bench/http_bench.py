@@ -19,7 +19,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -42,12 +41,6 @@ CLIENT_TIMEOUT = 60.0  # seconds one call may take before the client counts it a
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # == the load client (its own process: `--client`, a JSON spec on stdin, a JSON result on stdout) ========
@@ -201,7 +194,9 @@ class PrivateRedis:
     to flush (or even look at) a Redis it did not start."""
 
     def __init__(self, directory: Path):
-        self.port = free_port()
+        import common
+
+        self.port = common.free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         binary = shutil.which("redis-server") or "/usr/bin/redis-server"
         with open(directory / "redis.log", "ab") as out:
@@ -253,8 +248,10 @@ class Gunicorn:
     """`finflow serve --processes N` in a session of its own; `cpu()` is its workers' CPU so far."""
 
     def __init__(self, processes: int, threads: int, env: dict[str, str], workdir: Path):
+        import common
+
         self.processes = processes
-        self.base = f"http://127.0.0.1:{free_port()}"
+        self.base = f"http://127.0.0.1:{common.free_port()}"
         port = self.base.rsplit(":", 1)[1]
         with open(workdir / f"gunicorn-{processes}.log", "ab") as out:
             self.process = subprocess.Popen(
@@ -506,7 +503,7 @@ def profile(bench: Bench) -> str:
     import common
 
     out = bench.workdir / "api.prof"
-    port = free_port()
+    port = common.free_port()
     env = common.worker_env(bench.url, bench.redis_url)
     with open(bench.workdir / "profiled.log", "ab") as errors:
         server = subprocess.Popen([sys.executable, __file__, "--profiled-server", str(port), str(out)], cwd=ROOT,

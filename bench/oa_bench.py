@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -80,11 +79,6 @@ def claim(amount: int = 800) -> dict:
                           "date": (invoice_today() - timedelta(days=1)).isoformat()}]}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -122,7 +116,7 @@ def run(args: argparse.Namespace, children: list[subprocess.Popen]) -> OASimulat
     log("setting up the bench database")
     common.fresh_database(url, "OA")
     adapters.load_all()
-    port = free_port()
+    port = common.free_port()
     finflow = f"http://127.0.0.1:{port}"
     sim = OASimulator(callback_url=f"{finflow}/oa/callback", callback_secret=DEMO_SECRET)
     sim.start()

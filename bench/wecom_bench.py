@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -86,11 +85,6 @@ async def _send_all(plan: dict) -> list[dict]:
 
         return await asyncio.gather(*(one(i, item) for i, item in enumerate(plan["clicks"])))
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def main() -> None:
@@ -196,7 +190,7 @@ def run(args: argparse.Namespace, children: list[subprocess.Popen], split: Split
     common.fresh_database(url, "the WeCom bench")
     sim = Simulator()
     sim.start()
-    port = free_port()
+    port = common.free_port()
     config = sim.config(f"http://127.0.0.1:{port}")
     os.environ.update(config.env())
     sim.callback_url = f"http://127.0.0.1:{port}/wecom/callback"
