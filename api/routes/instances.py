@@ -61,9 +61,13 @@ def search(args, session, user):
     """Search instances by process, status, business key, starter and start date, paginated."""
     page = queries.search_instances(session, user, **args)
     disclosed: dict[tuple[int, bool], Disclosure] = {}  # for_viewer depends on these only: once per page, not per row
-    page.items = [instance_summary(session, instance, user, disclosed.get(key) or disclosed.setdefault(
-        key, disclosure.for_viewer(session, user, instance))) for instance in page.items
-        for key in [(instance.version_id, instance.starter_id == user.id)]]
+    summaries = []
+    for instance in page.items:
+        key = (instance.version_id, instance.starter_id == user.id)
+        if key not in disclosed:
+            disclosed[key] = disclosure.for_viewer(session, user, instance)
+        summaries.append(instance_summary(session, instance, user, disclosed[key]))
+    page.items = summaries
     return page
 
 

@@ -94,13 +94,22 @@ def visible(session: Session, viewer: User) -> ColumnElement[bool]:
                 exists().where(Task.instance_id == Instance.id, TaskCandidate.task_id == Task.id,
                                TaskCandidate.user_id == viewer.id),
                 exists().where(InstanceCc.instance_id == Instance.id, InstanceCc.user_id == viewer.id)]
+    granted = granted_reach(session, viewer)
+    return or_(*involved, *(granted if granted is not None else [_reach(session, viewer, "all")]))
+
+
+def granted_reach(session: Session, viewer: User) -> list[ColumnElement[bool]] | None:
+    """What the viewer's roles grant beyond what they are involved in, one clause per process key (or "*");
+    None when a role grants every instance of every process."""
     granted = []
     for process_key, scope in scopes_of(session, viewer).items():
         reach = _reach(session, viewer, scope)
         if reach is None:
             continue
+        if process_key == ANY_PROCESS and scope == "all":
+            return None
         granted.append(reach if process_key == ANY_PROCESS else (Instance.process_key == process_key) & reach)
-    return or_(*involved, *granted)
+    return granted
 
 
 def scope_instances(session: Session, stmt: Select, viewer: User) -> Select:

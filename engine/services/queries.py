@@ -86,14 +86,9 @@ class Arms:
 
 def visible_arms(session: Session, viewer: User) -> Arms | None:
     """The viewer's scope as Arms, or None when they see every instance."""
-    granted = []
-    for process_key, scope in access.scopes_of(session, viewer).items():
-        reach = access._reach(session, viewer, scope)  # the rule's own reach, not a copy of it
-        if reach is None:
-            continue
-        if process_key == access.ANY_PROCESS and scope == "all":
-            return None
-        granted.append(reach if process_key == access.ANY_PROCESS else (Instance.process_key == process_key) & reach)
+    granted = access.granted_reach(session, viewer)  # the rule's own grant, not a copy of it
+    if granted is None:
+        return None
     raw = [*([or_(*granted)] if granted else []), Instance.starter_id == viewer.id,
            Instance.id.in_(select(InstanceCc.instance_id).where(InstanceCc.user_id == viewer.id)), _asked(viewer.id)]
     arms = [and_(arm, *(earlier.is_not(True) for earlier in raw[:i])) for i, arm in enumerate(raw)]
